@@ -1,0 +1,159 @@
+"""Idempotency keys and argument fingerprints.
+
+A key names *the outcome*, not the message: every publish, redelivery, retry and
+replay of one logical call carries the same key, and the store lets the body
+succeed at most once per key.  Keys come, in order, from the per-call option,
+the task's template or callable, else a stable hash of the task name and its
+arguments.
+
+Arguments are first bound to the task's signature, so ``f(1)`` and
+``f(order_id=1)`` are the same call.  The canonical form is JSON with sorted
+keys: stable across processes and machines (never Python's ``hash()``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import string
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
+
+from celery_reliable.errors import IdempotencyKeyError
+
+KeySource = Union[str, Callable[..., str], None]
+
+MAX_KEY_LENGTH = 512
+_FORMATTER = string.Formatter()
+
+
+def bind_arguments(fun: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Map a call's arguments to the function's parameter names, defaults applied."""
+    try:
+        signature = inspect.signature(fun)
+    except (TypeError, ValueError):  # builtins, C functions: fall back to the raw call
+        return {**{str(i): a for i, a in enumerate(args)}, **kwargs}
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise IdempotencyKeyError(
+            f"cannot derive an idempotency key: {exc} (the task takes {signature})"
+        ) from None
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    for name, param in signature.parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
+            arguments.update(arguments.pop(name))
+    return arguments
+
+
+def canonical(arguments: Mapping[str, Any]) -> str:
+    """Deterministic text of bound arguments (kombu's JSON handles dates, UUIDs, decimals)."""
+    text = kombu_dumps(arguments, sort_keys=True, separators=(",", ":"))
+    return text if isinstance(text, str) else text.decode()
+
+
+def fingerprint(arguments: Mapping[str, Any]) -> str:
+    """A short digest of the arguments, stored with the key to catch key reuse (64 bits)."""
+    return hashlib.sha256(canonical(arguments).encode()).hexdigest()[:16]
+
+
+def template_fields(template: str) -> list[str]:
+    """The argument names a key template refers to (``"receipt:{order_id}"`` -> order_id)."""
+    names = []
+    for _, field_name, _, _ in _FORMATTER.parse(template):
+        if field_name is None:
+            continue
+        root = field_name.split(".")[0].split("[")[0]
+        if not root or root.isdigit():
+            raise IdempotencyKeyError(
+                f"idempotency_key template {template!r} must name arguments, "
+                "e.g. 'receipt:{order_id}', not positional fields like '{}' or '{0}'"
+            )
+        names.append(root)
+    return names
+
+
+def check_template(template: str, fun: Callable[..., Any], task_name: str) -> None:
+    """Fail at task definition when a template names an argument the task does not take."""
+    try:
+        params = inspect.signature(fun).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for name in template_fields(template):
+        if name not in params:
+            raise IdempotencyKeyError(
+                f"idempotency_key template {template!r} names {name!r}, but {task_name} takes "
+                f"({', '.join(params)}); use one of those names"
+            )
+
+
+def derive_key(
+    task_name: str,
+    source: KeySource,
+    arguments: Mapping[str, Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> str:
+    """The idempotency key of one call from the task's template/callable, else a hash."""
+    if source is None:
+        digest = hashlib.sha256(f"{task_name}\n{canonical(arguments)}".encode()).hexdigest()
+        return f"{task_name}:{digest[:32]}"
+    if callable(source):
+        key = source(*args, **kwargs)
+    else:
+        try:
+            key = source.format_map(_Strict(arguments, source, task_name))
+        except (AttributeError, IndexError, KeyError) as exc:
+            raise IdempotencyKeyError(
+                f"idempotency_key template {source!r} of {task_name} cannot be formatted: {exc}"
+            ) from None
+    return validate_key(key, task_name)
+
+
+def validate_key(key: Any, task_name: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise IdempotencyKeyError(
+            f"the idempotency key of {task_name} must be a non-empty string, got {key!r}"
+        )
+    if len(key) > MAX_KEY_LENGTH:
+        raise IdempotencyKeyError(
+            f"the idempotency key of {task_name} is {len(key)} characters long; "
+            f"keep it under {MAX_KEY_LENGTH} (hash long parts yourself)"
+        )
+    return key
+
+
+class _Strict(dict[str, Any]):
+    """format_map mapping whose missing names raise an error naming the signature."""
+
+    def __init__(self, arguments: Mapping[str, Any], template: str, task_name: str) -> None:
+        super().__init__(arguments)
+        self.template = template
+        self.task_name = task_name
+
+    def __missing__(self, name: str) -> Any:
+        raise IdempotencyKeyError(
+            f"idempotency_key template {self.template!r} names {name!r}, but {self.task_name} "
+            f"was called with ({', '.join(self) or 'no arguments'})"
+        )
+
+
+def encode_result(result: Any, max_bytes: int) -> str | None:
+    """JSON text of a result to keep with a completed key, or None if it cannot be kept."""
+    try:
+        text = kombu_dumps(result, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+    text = text if isinstance(text, str) else text.decode()
+    return text if len(text.encode()) <= max_bytes else None
+
+
+def decode_result(text: str | None) -> Any:
+    """The first run's result as the skipped copy returns it (None when it was not kept)."""
+    return None if text is None else kombu_loads(text)

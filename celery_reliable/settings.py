@@ -1,0 +1,255 @@
+"""The one table of ``reliable_*`` settings.
+
+Every knob is a field of :class:`Settings`, with its default, its doc and its
+validation in the field's metadata.  Validation, the docs page
+(``docs/settings.md``) and start-up logging are generated from this table, so a
+setting cannot exist in one place and be missing in another.
+
+Settings are read from the Celery app's configuration as ``reliable_<name>``
+(with Django's ``CELERY_`` namespace, ``CELERY_RELIABLE_<NAME>``).  A
+``reliable_*`` key that is not in the table is an error at start-up, with the
+closest known name suggested: a typo must not silently disable a guarantee.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery_reliable.errors import ConfigurationError
+
+PREFIX = "reliable_"
+
+Check = Callable[[str, Any], Any]
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{PREFIX}{name} must be a boolean (true/false), got {value!r}")
+
+
+def _number(minimum: float, integer: bool = False) -> Check:
+    def check(name: str, value: Any) -> float | int:
+        try:
+            number = int(value) if integer else float(value)
+        except (TypeError, ValueError):
+            kind = "an integer" if integer else "a number of seconds"
+            raise ConfigurationError(f"{PREFIX}{name} must be {kind}, got {value!r}") from None
+        if isinstance(value, bool) or math.isnan(number) or number < minimum:
+            raise ConfigurationError(f"{PREFIX}{name} must be >= {minimum}, got {value!r}")
+        return number
+
+    return check
+
+
+def _choice(*allowed: str) -> Check:
+    def check(name: str, value: Any) -> str:
+        if value not in allowed:
+            raise ConfigurationError(
+                f"{PREFIX}{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+            )
+        return str(value)
+
+    return check
+
+
+def _store_url(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    from celery_reliable.stores import known_schemes
+
+    scheme = urlsplit(str(value)).scheme.split("+")[0]
+    if scheme not in known_schemes():
+        raise ConfigurationError(
+            f"{PREFIX}{name}={value!r} has an unknown scheme {scheme!r}; "
+            f"use one of: {', '.join(sorted(known_schemes()))} "
+            "(e.g. redis://127.0.0.1:6379/1 or sqlite:///reliable.db)"
+        )
+    return str(value)
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in " {}\n"):
+        raise ConfigurationError(
+            f"{PREFIX}{name} must be a non-empty string without spaces or braces, got {value!r}"
+        )
+    return value
+
+
+def setting(default: Any, doc: str, check: Check, per_task: bool = False) -> Any:
+    """Declare one row of the table (a dataclass field with its doc and validator)."""
+    return field(default=default, metadata={"doc": doc, "check": check, "per_task": per_task})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved ``reliable_*`` settings of one app (immutable; one per app)."""
+
+    store_url: str | None = setting(
+        None,
+        "Where keys, leases and task records live: redis://, rediss://, postgresql+psycopg://, "
+        "mysql+pymysql://, sqlite:/// or memory:// (tests only: not shared between processes).",
+        _store_url,
+    )
+    key_prefix: str = setting(
+        "reliable", "Namespace of every key/table row the store writes.", _text
+    )
+    retention: float = setting(
+        86400.0,
+        "Seconds a completed key is remembered: a copy arriving within it is skipped (G2).",
+        _number(1),
+        per_task=True,
+    )
+    lease_seconds: float = setting(
+        30.0,
+        "Length of a claim's lease. It is renewed while the body runs; when the worker dies "
+        "the lease lapses and the task is rescued. Crash recovery takes about this long.",
+        _number(1),
+        per_task=True,
+    )
+    persist_on_publish: bool = setting(
+        True,
+        "Write a durable task record before publishing, so the rescuer can republish what "
+        "the broker loses. One store round trip per publish.",
+        _bool,
+        per_task=True,
+    )
+    dedupe_on_publish: bool = setting(
+        True,
+        "Publishing a key that is done or in flight returns the existing task's handle "
+        "instead of a second message.",
+        _bool,
+        per_task=True,
+    )
+    on_store_down_at_publish: str = setting(
+        "raise",
+        "'raise': a publish fails with StoreUnavailable so the caller's transaction can roll "
+        "back; 'publish': publish unrecorded, log and count it.",
+        _choice("raise", "publish"),
+    )
+    store_down_retry_delay: float = setting(
+        5.0,
+        "Seconds before a task whose claim could not reach the store is tried again "
+        "(doubled per try, jittered, capped at 60 s). The body never runs unguarded.",
+        _number(0.1),
+    )
+    on_key_conflict: str = setting(
+        "error",
+        "Same key, different arguments: 'error' refuses the call (IdempotencyKeyConflict); "
+        "'skip' treats it as a duplicate.",
+        _choice("error", "skip"),
+        per_task=True,
+    )
+    result_max_bytes: int = setting(
+        4096,
+        "Largest JSON result kept with a completed key; skipped copies return it.",
+        _number(0, integer=True),
+    )
+    rescue_enabled: bool = setting(
+        True, "Run the rescuer in every worker (one sweeper at a time).", _bool
+    )
+    rescue_interval: float = setting(
+        5.0, "Seconds between two sweeps of the rescuer.", _number(0.1)
+    )
+    rescue_after: float = setting(
+        60.0,
+        "Seconds a published task may wait for a worker before it is republished "
+        "(doubled after each rescue, see rescue_backoff_cap). Make it longer than a normal "
+        "queue wait: an early rescue costs an extra message, absorbed by the claim.",
+        _number(0.1),
+    )
+    rescue_backoff_cap: float = setting(
+        3600.0, "Upper bound of the doubled rescue_after.", _number(0.1)
+    )
+    rescue_batch: int = setting(
+        500, "Records taken per sweep and store shard.", _number(1, integer=True)
+    )
+    max_rescues: int = setting(
+        10,
+        "Republishes of a task no worker ever received before it is dead-lettered with "
+        "reason 'never_received' (an unregistered task, a queue nobody consumes).",
+        _number(1, integer=True),
+    )
+    max_lost_attempts: int = setting(
+        3,
+        "Runs lost with their worker (SIGKILL, OOM) before the task is dead-lettered with "
+        "reason 'worker_lost' instead of being run again.",
+        _number(1, integer=True),
+        per_task=True,
+    )
+    redis_shards: int = setting(
+        1,
+        "Redis store only: spread keys over this many hash-tag slots (Redis Cluster).",
+        _number(1, integer=True),
+    )
+
+    def for_task(self, overrides: Mapping[str, Any]) -> Settings:
+        """These settings with a task's per-task overrides applied (validated)."""
+        if not overrides:
+            return self
+        return replace(self, **_validated(overrides, per_task_only=True))
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Leases are renewed three times per lease, so one lost heartbeat is harmless."""
+        return self.lease_seconds / 3
+
+
+def rows() -> Iterator[tuple[str, Any, str, bool]]:
+    """(setting name, default, doc, per-task) for each row: the docs and CLI read this."""
+    for f in fields(Settings):
+        yield PREFIX + f.name, f.default, f.metadata["doc"], f.metadata["per_task"]
+
+
+def per_task_names() -> frozenset[str]:
+    return frozenset(f.name for f in fields(Settings) if f.metadata["per_task"])
+
+
+def _validated(values: Mapping[str, Any], per_task_only: bool = False) -> dict[str, Any]:
+    known = {f.name: f for f in fields(Settings)}
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        f = known.get(name)
+        if f is None or (per_task_only and not f.metadata["per_task"]):
+            raise ConfigurationError(f"unknown setting {PREFIX}{name}{_suggest(name, known)}")
+        out[name] = value if value is None and f.default is None else f.metadata["check"](name, value)
+    return out
+
+
+def _suggest(name: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {PREFIX}{close[0]}?" if close else ""
+
+
+def from_conf(conf: Mapping[str, Any]) -> Settings:
+    """Validate every ``reliable_*`` key of a Celery configuration mapping.
+
+    Raises :class:`ConfigurationError` naming the first bad setting.
+    """
+    values = {}
+    for key in list(conf.keys()):
+        lowered = str(key).lower()
+        for prefix in (PREFIX, "celery_" + PREFIX):
+            if lowered.startswith(prefix):
+                values[lowered[len(prefix):]] = conf[key]
+    settings = Settings(**_validated(values))
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(s: Settings) -> None:
+    if s.rescue_backoff_cap < s.rescue_after:
+        raise ConfigurationError(
+            f"{PREFIX}rescue_backoff_cap ({s.rescue_backoff_cap}) is below "
+            f"{PREFIX}rescue_after ({s.rescue_after}); raise the cap or lower rescue_after"
+        )
+

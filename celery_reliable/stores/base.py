@@ -1,0 +1,261 @@
+"""The store interface: what every backend must guarantee.
+
+A store keeps two kinds of things:
+
+* **Key states**, one per idempotency key: ``queued`` (published, not yet
+  claimed), ``running`` (claimed by an *owner* holding a lease until a time) and
+  ``done`` (succeeded; remembered for the retention window with the task id
+  and, when small, the result).
+* **Task records**, one per task id: what it takes to republish the task, and a
+  *deadline* in a by-deadline index.  The deadline is when the rescuer should
+  look at the task again: publish time + ``rescue_after`` while queued, lease
+  expiry while running.  A completed task's record is deleted; a final failure
+  moves it to the dead letters.
+
+Every operation below is atomic (one Lua script, one SQL transaction).  The
+owner token *fences* heartbeat/complete/release: a worker whose lease lapsed and
+was taken over cannot complete or release the new owner's claim.
+
+Times are the store's own clock where it has one (Redis ``TIME``), so leases do
+not depend on the workers' clocks agreeing.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+class ClaimStatus(str, enum.Enum):
+    CLAIMED = "claimed"
+    """The key was free or queued: run the body."""
+    TAKEN_OVER = "taken_over"
+    """The previous owner's lease lapsed without completion: run the body (a lost attempt)."""
+    DONE = "done"
+    """Already succeeded within the retention window: skip; ``result`` is the first run's."""
+    BUSY = "busy"
+    """Another owner holds a live lease: do not run concurrently."""
+    CONFLICT = "conflict"
+    """The key was used with different arguments (fingerprint mismatch)."""
+    LOST_TOO_OFTEN = "lost_too_often"
+    """Its runs were lost with their worker ``max_lost`` times: dead-letter, never run again."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: ClaimStatus
+    task_id: str | None = None
+    """The task that holds or completed the key (for DONE/BUSY/CONFLICT)."""
+    result: str | None = None
+    """JSON text of the first run's result (DONE only; None when it was not kept)."""
+    lost: int = 0
+    """Lost attempts counted so far for this key."""
+    lease_left: float = 0.0
+    """Seconds until the holder's lease lapses (BUSY only)."""
+
+    @property
+    def runs(self) -> bool:
+        return self.status in (ClaimStatus.CLAIMED, ClaimStatus.TAKEN_OVER)
+
+
+class PublishStatus(str, enum.Enum):
+    NEW = "new"
+    """Nothing known for the key: publish (the record is written when persisting)."""
+    DONE = "done"
+    """The key already succeeded: return the existing task's handle."""
+    IN_FLIGHT = "in_flight"
+    """The key is queued or running: return the existing task's handle."""
+    CONFLICT = "conflict"
+    """The key is known with different arguments."""
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    status: PublishStatus
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What it takes to republish a task, plus its rescue bookkeeping."""
+
+    task_id: str
+    name: str
+    key: str
+    fingerprint: str
+    body: str
+    """The serialized ``(args, kwargs)``; base64 text when the serializer is binary."""
+    content_type: str
+    content_encoding: str
+    options: str
+    """JSON text of the publish options (queue, routing, headers, eta, links, ...)."""
+    published_at: float = 0.0
+    state: str = "queued"
+    """queued | running | dead."""
+    rescues: int = 0
+    """Republishes since the last claim (reset when a worker claims it)."""
+    reason: str | None = None
+    """Why it was dead-lettered (worker_lost, never_received, failed, ...)."""
+    error: str | None = None
+    dead_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One running claim, as the heartbeat renews it."""
+
+    key: str
+    owner: str
+    task_id: str
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """Read-only view of one key (inspection and tests)."""
+
+    state: str
+    fingerprint: str
+    task_id: str
+    owner: str | None = None
+    lease_until: float | None = None
+    lost: int = 0
+    result: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepPolicy:
+    """How the rescuer moves the deadline of a record it republishes."""
+
+    rescue_after: float
+    backoff_cap: float
+    limit: int
+
+    def next_delay(self, rescues: int) -> float:
+        """rescue_after doubled per previous rescue, capped: a backlog is not flooded."""
+        return min(self.rescue_after * (2 ** min(rescues, 30)), self.backoff_cap)
+
+
+@dataclass
+class StoreStats:
+    """Counters a store keeps about itself (logged and exported, never swallowed)."""
+
+    errors: int = 0
+    fenced: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Store(abc.ABC):
+    """One backend. Chosen by URL scheme through :func:`celery_reliable.stores.open_store`."""
+
+    url: str
+
+    # -- producer side -------------------------------------------------------
+    @abc.abstractmethod
+    def publish(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> PublishOutcome:
+        """Persist ``record`` before its message is published.
+
+        With ``dedupe``, a key that is done or in flight is answered with the
+        existing task id and nothing is written.  Otherwise the key becomes
+        ``queued`` (unless it is running: a retry re-persists its own record)
+        and the record is indexed with deadline now + ``deadline_in``.
+        """
+
+    @abc.abstractmethod
+    def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
+        """Read-only dedupe check used when records are not persisted.
+
+        Only ``done`` and ``running`` with a live lease count as existing: a
+        ``queued`` key without a record might have been lost by the broker.
+        """
+
+    # -- consumer side -------------------------------------------------------
+    @abc.abstractmethod
+    def claim(
+        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
+    ) -> Claim:
+        """Atomically take the key's lease for ``owner`` (see :class:`ClaimStatus`).
+
+        On CLAIMED/TAKEN_OVER the task's record (if any) moves to ``running``,
+        its deadline to the lease expiry and its rescue counter to 0.  On DONE
+        the record of this copy is deleted: nothing is left to rescue.
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self, leases: Sequence[Lease], lease: float) -> list[bool]:
+        """Renew several leases at once; False for each one no longer owned."""
+
+    @abc.abstractmethod
+    def complete(
+        self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
+        retention: float,
+    ) -> bool:
+        """Mark the key done for ``retention`` seconds and delete the task's record.
+
+        Fenced: returns False (and writes nothing) when ``owner`` no longer
+        holds the lease.
+        """
+
+    @abc.abstractmethod
+    def release(self, key: str, owner: str, task_id: str, requeued: bool) -> bool:
+        """Give the key up without success.
+
+        ``requeued`` (a retry or a deferral was published): the key goes back to
+        ``queued`` so the producer still sees it in flight.  Otherwise the key
+        is forgotten, so a replay can run.  Fenced like :meth:`complete`.
+        """
+
+    @abc.abstractmethod
+    def discard(self, task_id: str, key: str) -> None:
+        """Delete a task's record (the copy was absorbed or ignored)."""
+
+    @abc.abstractmethod
+    def dead_letter(
+        self, task_id: str, key: str, reason: str, error: str | None,
+        fallback: TaskRecord | None = None,
+    ) -> None:
+        """Move the task's record to the dead letters (created from ``fallback`` if absent)."""
+
+    # -- rescuer ---------------------------------------------------------------
+    @abc.abstractmethod
+    def acquire_sweeper(self, owner: str, ttl: float) -> bool:
+        """Take or renew the one-sweeper-at-a-time lease; False if another worker holds it."""
+
+    @abc.abstractmethod
+    def sweep(self, policy: SweepPolicy) -> list[TaskRecord]:
+        """Take the records whose deadline passed, at most ``policy.limit`` per shard.
+
+        Atomically moves each one's deadline to now + ``policy.next_delay``
+        and increments its rescue counter, so two sweepers never take the same
+        record for the same expiry.  Returned records show the counter *before*
+        this sweep and the state the task was in.
+        """
+
+    # -- inspection and lifecycle ---------------------------------------------
+    @abc.abstractmethod
+    def get_key(self, key: str) -> KeyState | None: ...
+
+    @abc.abstractmethod
+    def get_record(self, task_id: str, key: str) -> TaskRecord | None: ...
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
+        """The most recent dead-lettered records, newest first."""
+
+    @abc.abstractmethod
+    def pending_count(self) -> int:
+        """Records in the rescue index (queued or running)."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers and its schema is current."""
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (SQL). A no-op where there is no schema."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def after_fork(self) -> None:
+        """Drop connections inherited from a parent process."""

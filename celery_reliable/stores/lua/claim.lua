@@ -1,0 +1,36 @@
+-- KEYS: state, record, due
+-- ARGV: fingerprint, task_id, owner, lease_ms, max_lost, stale_ttl_ms
+local now = now_ms()
+local cur = get_state(KEYS[1])
+local lost = 0
+local status = 'claimed'
+if cur then
+  if cur[2] ~= ARGV[1] then return {'conflict', cur[3], '', 0, 0} end
+  if cur[1] == 'D' then
+    if cur[3] ~= ARGV[2] then
+      redis.call('DEL', KEYS[2])
+      redis.call('ZREM', KEYS[3], ARGV[2])
+    end
+    return {'done', cur[3], cur[4], 0, 0}
+  end
+  lost = tonumber(cur[6]) or 0
+  if cur[1] == 'X' then return {'lost_too_often', cur[3], '', lost, 0} end
+  if cur[1] == 'R' then
+    local left = tonumber(cur[5]) - now
+    if left > 0 and cur[4] ~= ARGV[3] then return {'busy', cur[3], '', lost, left} end
+    lost = lost + 1
+    status = 'taken_over'
+    if lost >= tonumber(ARGV[5]) then
+      -- stays dead so that stale copies still held by the broker are absorbed
+      set_state(KEYS[1], {'X', ARGV[1], cur[3], '', 0, lost}, ARGV[6])
+      return {'lost_too_often', cur[3], '', lost, 0}
+    end
+  end
+end
+local lease = tonumber(ARGV[4])
+set_state(KEYS[1], {'R', ARGV[1], ARGV[2], ARGV[3], now + lease, lost}, ARGV[6])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'state', 'running', 'resc', 0)
+  redis.call('ZADD', KEYS[3], now + lease, ARGV[2])
+end
+return {status, ARGV[2], '', lost, 0}

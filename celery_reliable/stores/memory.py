@@ -1,0 +1,230 @@
+"""In-process store for unit tests and eager mode.
+
+It is the reference implementation of :mod:`celery_reliable.stores.base`: the
+Redis scripts and the SQL transactions do what this module does, atomically.
+Nothing is shared between processes, so never use it with a real worker pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from celery_reliable.stores.base import (
+    Claim,
+    ClaimStatus,
+    KeyState,
+    Lease,
+    PublishOutcome,
+    PublishStatus,
+    Store,
+    SweepPolicy,
+    TaskRecord,
+)
+
+
+class MemoryStore(Store):
+    def __init__(
+        self, url: str = "memory://", *, prefix: str = "reliable", shards: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._keys: dict[str, tuple[KeyState, float | None]] = {}  # key -> (state, expires_at)
+        self._records: dict[str, TaskRecord] = {}
+        self._due: dict[str, float] = {}
+        self._dead: dict[str, TaskRecord] = {}
+        self._sweeper: tuple[str, float] | None = None
+
+    def _key(self, key: str) -> KeyState | None:
+        entry = self._keys.get(key)
+        if entry is None:
+            return None
+        state, expires_at = entry
+        if expires_at is not None and expires_at <= self.clock():
+            del self._keys[key]
+            return None
+        return state
+
+    def publish(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> PublishOutcome:
+        with self._lock:
+            now = self.clock()
+            current = self._key(record.key)
+            if current is not None and dedupe and current.state != "dead":
+                if current.fingerprint != record.fingerprint:
+                    return PublishOutcome(PublishStatus.CONFLICT, current.task_id)
+                status = PublishStatus.DONE if current.state == "done" else PublishStatus.IN_FLIGHT
+                return PublishOutcome(status, current.task_id)
+            # A done key is never downgraded: a copy published without dedupe is
+            # skipped by its claim.
+            if current is None or current.state == "dead":
+                self._keys[record.key] = (
+                    KeyState("queued", record.fingerprint, record.task_id), None
+                )
+            self._records[record.task_id] = replace(record, published_at=now, state="queued")
+            self._due[record.task_id] = now + deadline_in
+            return PublishOutcome(PublishStatus.NEW, record.task_id)
+
+    def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
+        with self._lock:
+            current = self._key(key)
+            if current is None or current.state in ("queued", "dead"):
+                return PublishOutcome(PublishStatus.NEW)
+            if current.fingerprint != fingerprint:
+                return PublishOutcome(PublishStatus.CONFLICT, current.task_id)
+            if current.state == "done":
+                return PublishOutcome(PublishStatus.DONE, current.task_id)
+            if (current.lease_until or 0) > self.clock():
+                return PublishOutcome(PublishStatus.IN_FLIGHT, current.task_id)
+            return PublishOutcome(PublishStatus.NEW)
+
+    def claim(
+        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
+    ) -> Claim:
+        with self._lock:
+            now = self.clock()
+            current = self._key(key)
+            lost = 0
+            status = ClaimStatus.CLAIMED
+            if current is not None:
+                if current.fingerprint != fingerprint:
+                    return Claim(ClaimStatus.CONFLICT, current.task_id)
+                if current.state == "done":
+                    if current.task_id != task_id:
+                        self._drop_record(task_id)
+                    return Claim(ClaimStatus.DONE, current.task_id, current.result)
+                lost = current.lost
+                if current.state == "dead":
+                    return Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost)
+                if current.state == "running":
+                    left = (current.lease_until or 0) - now
+                    if left > 0 and current.owner != owner:
+                        return Claim(ClaimStatus.BUSY, current.task_id, lost=lost, lease_left=left)
+                    lost += 1
+                    status = ClaimStatus.TAKEN_OVER
+                    if lost >= max_lost:
+                        # The key stays dead so stale copies the broker still holds are absorbed.
+                        self._keys[key] = (
+                            KeyState("dead", fingerprint, current.task_id, lost=lost), None
+                        )
+                        return Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost)
+            self._keys[key] = (
+                KeyState("running", fingerprint, task_id, owner, now + lease, lost), None
+            )
+            record = self._records.get(task_id)
+            if record is not None:
+                self._records[task_id] = replace(record, state="running", rescues=0)
+                self._due[task_id] = now + lease
+            return Claim(status, task_id, lost=lost)
+
+    def heartbeat(self, leases: Sequence[Lease], lease: float) -> list[bool]:
+        with self._lock:
+            now = self.clock()
+            out = []
+            for item in leases:
+                current = self._key(item.key)
+                if current is None or current.state != "running" or current.owner != item.owner:
+                    out.append(False)
+                    continue
+                self._keys[item.key] = (replace(current, lease_until=now + lease), None)
+                if item.task_id in self._due:
+                    self._due[item.task_id] = now + lease
+                out.append(True)
+            return out
+
+    def _owned(self, key: str, owner: str) -> KeyState | None:
+        current = self._key(key)
+        if current is None or current.state != "running" or current.owner != owner:
+            return None
+        return current
+
+    def complete(
+        self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
+        retention: float,
+    ) -> bool:
+        with self._lock:
+            if self._owned(key, owner) is None:
+                return False
+            self._keys[key] = (
+                KeyState("done", fingerprint, task_id, result=result),
+                self.clock() + retention,
+            )
+            self._drop_record(task_id)
+            return True
+
+    def release(self, key: str, owner: str, task_id: str, requeued: bool) -> bool:
+        with self._lock:
+            current = self._owned(key, owner)
+            if current is None:
+                return False
+            if requeued:
+                self._keys[key] = (
+                    KeyState("queued", current.fingerprint, task_id, lost=current.lost), None
+                )
+            else:
+                del self._keys[key]
+            return True
+
+    def _drop_record(self, task_id: str) -> None:
+        self._records.pop(task_id, None)
+        self._due.pop(task_id, None)
+
+    def discard(self, task_id: str, key: str) -> None:
+        with self._lock:
+            self._drop_record(task_id)
+
+    def dead_letter(
+        self, task_id: str, key: str, reason: str, error: str | None,
+        fallback: TaskRecord | None = None,
+    ) -> None:
+        with self._lock:
+            record = self._records.pop(task_id, None) or fallback
+            self._due.pop(task_id, None)
+            if record is None:
+                record = TaskRecord(task_id, "", key, "", "", "", "", "{}")
+            self._dead[task_id] = replace(
+                record, state="dead", reason=reason, error=error, dead_at=self.clock()
+            )
+
+    def acquire_sweeper(self, owner: str, ttl: float) -> bool:
+        with self._lock:
+            now = self.clock()
+            if self._sweeper is not None and self._sweeper[0] != owner and self._sweeper[1] > now:
+                return False
+            self._sweeper = (owner, now + ttl)
+            return True
+
+    def sweep(self, policy: SweepPolicy) -> list[TaskRecord]:
+        with self._lock:
+            now = self.clock()
+            due = sorted((d, t) for t, d in self._due.items() if d <= now)[: policy.limit]
+            taken = []
+            for _, task_id in due:
+                record = self._records[task_id]
+                taken.append(record)
+                self._records[task_id] = replace(record, rescues=record.rescues + 1)
+                self._due[task_id] = now + policy.next_delay(record.rescues)
+            return taken
+
+    def get_key(self, key: str) -> KeyState | None:
+        with self._lock:
+            return self._key(key)
+
+    def get_record(self, task_id: str, key: str) -> TaskRecord | None:
+        with self._lock:
+            return self._records.get(task_id) or self._dead.get(task_id)
+
+    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
+        with self._lock:
+            ordered = sorted(self._dead.values(), key=lambda r: r.dead_at or 0, reverse=True)
+            return ordered[:limit]
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._due)
+
+    def ping(self) -> None:
+        return None

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from celery_reliable.stores import Store, open_store
+from celery_reliable.stores.memory import MemoryStore
+from tests.servers import MARIADB, POSTGRES, REDIS
+
+STORE_KINDS = ["memory", "fakeredis", "redis", "sqlite", "postgresql", "mariadb"]
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A namespace no other test uses, so tests can share one server."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def make_store(kind: str, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "fakeredis":
+        import fakeredis
+
+        from celery_reliable.stores.redis import RedisStore
+
+        store = RedisStore("redis://fake", prefix=prefix)
+        store.client = fakeredis.FakeRedis(decode_responses=True)
+        store._scripts = {
+            name: store.client.register_script(script.script)
+            for name, script in store._scripts.items()
+        }
+        return store
+    if kind == "redis":
+        return open_store(REDIS.require() + "/15", prefix=prefix)
+    if kind == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "store.db"
+        store = open_store(f"sqlite:///{path}", prefix=prefix)
+    elif kind == "postgresql":
+        store = open_store(POSTGRES.require(), prefix=prefix)
+    else:
+        store = open_store(MARIADB.require(), prefix=prefix)
+    store.migrate()
+    return store
+
+
+@pytest.fixture(params=STORE_KINDS)
+def any_store(
+    request: pytest.FixtureRequest, prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    """Every backend, each against its real server (memory and fakeredis need none)."""
+    store = make_store(request.param, prefix, tmp_path_factory)
+    yield store
+    store.close()

@@ -1,0 +1,275 @@
+"""The store contract (DESIGN §5), run against every backend.
+
+Each backend must pass the same tests: memory, fakeredis and real Redis,
+SQLite, PostgreSQL and MariaDB.  Lease expiry is waited for as a condition with a
+deadline, never with a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from celery_reliable.stores import (
+    ClaimStatus,
+    Lease,
+    PublishStatus,
+    Store,
+    SweepPolicy,
+    TaskRecord,
+)
+
+FP = "f" * 16
+SHORT = 0.3
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def record(key: str, task_id: str | None = None, fp: str = FP) -> TaskRecord:
+    return TaskRecord(
+        task_id=task_id or uuid.uuid4().hex,
+        name="shop.send_receipt",
+        key=key,
+        fingerprint=fp,
+        body='[[42], {}, {}]',
+        content_type="application/json",
+        content_encoding="utf-8",
+        options=json.dumps({"queue": "celery"}),
+    )
+
+
+def test_claim_busy_complete_done(any_store: Store) -> None:
+    first = any_store.claim("k1", FP, "t1", "owner-a", 30, max_lost=3)
+    assert first.status is ClaimStatus.CLAIMED
+    busy = any_store.claim("k1", FP, "t2", "owner-b", 30, max_lost=3)
+    assert busy.status is ClaimStatus.BUSY
+    assert busy.task_id == "t1"
+    assert 0 < busy.lease_left <= 30
+    assert any_store.complete("k1", FP, "owner-a", "t1", '{"sent": true}', retention=60)
+    done = any_store.claim("k1", FP, "t3", "owner-c", 30, max_lost=3)
+    assert done.status is ClaimStatus.DONE
+    assert done.task_id == "t1"
+    assert done.result == '{"sent": true}'
+    state = any_store.get_key("k1")
+    assert state is not None and state.state == "done"
+
+
+def test_done_without_kept_result(any_store: Store) -> None:
+    any_store.claim("k", FP, "t1", "a", 30, max_lost=3)
+    assert any_store.complete("k", FP, "a", "t1", None, retention=60)
+    assert any_store.claim("k", FP, "t2", "b", 30, max_lost=3).result is None
+
+
+def test_takeover_after_lease_lapses_and_fencing(any_store: Store) -> None:
+    assert any_store.claim("k", FP, "t1", "a", SHORT, max_lost=3).runs
+    claims = []
+
+    def taken() -> bool:
+        claims.append(any_store.claim("k", FP, "t1", "b", 30, max_lost=3))
+        return claims[-1].runs
+
+    wait_until(taken)
+    assert claims[-1].status is ClaimStatus.TAKEN_OVER
+    assert claims[-1].lost == 1
+    # The first owner lost its lease: none of its writes may land.
+    assert any_store.heartbeat([Lease("k", "a", "t1")], 30) == [False]
+    assert not any_store.complete("k", FP, "a", "t1", None, retention=60)
+    assert not any_store.release("k", "a", "t1", requeued=False)
+    state = any_store.get_key("k")
+    assert state is not None and state.owner == "b"
+    assert any_store.complete("k", FP, "b", "t1", None, retention=60)
+
+
+def test_heartbeat_keeps_the_lease(any_store: Store) -> None:
+    assert any_store.claim("k", FP, "t1", "a", 1.0, max_lost=3).runs
+    end = time.monotonic() + 2.5
+    while time.monotonic() < end:
+        assert any_store.heartbeat([Lease("k", "a", "t1")], 1.0) == [True]
+        assert any_store.claim("k", FP, "t2", "b", 1.0, max_lost=3).status is ClaimStatus.BUSY
+        time.sleep(0.2)
+
+
+def test_same_owner_reclaims(any_store: Store) -> None:
+    assert any_store.claim("k", FP, "t1", "a", 30, max_lost=3).runs
+    assert any_store.claim("k", FP, "t1", "a", 30, max_lost=3).runs
+
+
+def test_fingerprint_conflict(any_store: Store) -> None:
+    any_store.claim("k", FP, "t1", "a", 30, max_lost=3)
+    conflict = any_store.claim("k", "0" * 16, "t2", "b", 30, max_lost=3)
+    assert conflict.status is ClaimStatus.CONFLICT
+    assert conflict.task_id == "t1"
+    outcome = any_store.publish(record("k", fp="1" * 16), 60, dedupe=True)
+    assert outcome.status is PublishStatus.CONFLICT
+
+
+def test_release_requeued_keeps_key_in_flight(any_store: Store) -> None:
+    any_store.claim("k", FP, "t1", "a", 30, max_lost=3)
+    assert any_store.release("k", "a", "t1", requeued=True)
+    state = any_store.get_key("k")
+    assert state is not None and state.state == "queued" and state.task_id == "t1"
+    assert any_store.publish(record("k"), 60, dedupe=True).status is PublishStatus.IN_FLIGHT
+    assert any_store.claim("k", FP, "t1", "b", 30, max_lost=3).status is ClaimStatus.CLAIMED
+    assert any_store.release("k", "b", "t1", requeued=False)
+    assert any_store.get_key("k") is None
+
+
+def test_publish_dedupe_and_record_lifecycle(any_store: Store) -> None:
+    first = record("order:1")
+    assert any_store.publish(first, 60, dedupe=True).status is PublishStatus.NEW
+    again = any_store.publish(record("order:1"), 60, dedupe=True)
+    assert again.status is PublishStatus.IN_FLIGHT
+    assert again.task_id == first.task_id
+    assert any_store.pending_count() == 1
+    stored = any_store.get_record(first.task_id, "order:1")
+    assert stored is not None
+    assert stored.body == first.body and json.loads(stored.options) == {"queue": "celery"}
+    assert stored.published_at > 0
+
+    assert any_store.claim("order:1", FP, first.task_id, "a", 30, max_lost=3).runs
+    assert any_store.get_record(first.task_id, "order:1").state == "running"  # type: ignore[union-attr]
+    assert any_store.complete("order:1", FP, "a", first.task_id, "null", retention=60)
+    assert any_store.get_record(first.task_id, "order:1") is None
+    assert any_store.pending_count() == 0
+    done = any_store.publish(record("order:1"), 60, dedupe=True)
+    assert done.status is PublishStatus.DONE and done.task_id == first.task_id
+
+
+def test_publish_without_dedupe_never_downgrades_done(any_store: Store) -> None:
+    any_store.claim("k", FP, "t1", "a", 30, max_lost=3)
+    any_store.complete("k", FP, "a", "t1", "1", retention=60)
+    copy = record("k")
+    assert any_store.publish(copy, 60, dedupe=False).status is PublishStatus.NEW
+    assert any_store.get_key("k").state == "done"  # type: ignore[union-attr]
+    # The copy is absorbed by its claim and its record dropped.
+    assert any_store.claim("k", FP, copy.task_id, "b", 30, max_lost=3).status is ClaimStatus.DONE
+    assert any_store.get_record(copy.task_id, "k") is None
+
+
+def test_lookup_only_trusts_done_and_live_leases(any_store: Store) -> None:
+    assert any_store.lookup("k", FP).status is PublishStatus.NEW
+    any_store.publish(record("k"), 60, dedupe=True)
+    assert any_store.lookup("k", FP).status is PublishStatus.NEW  # queued: may be lost
+    any_store.claim("k", FP, "t1", "a", 30, max_lost=3)
+    assert any_store.lookup("k", FP).status is PublishStatus.IN_FLIGHT
+    any_store.complete("k", FP, "a", "t1", None, retention=60)
+    assert any_store.lookup("k", FP).status is PublishStatus.DONE
+    assert any_store.lookup("k", "2" * 16).status is PublishStatus.CONFLICT
+
+
+def test_lost_too_often_stays_dead_until_republished(any_store: Store) -> None:
+    assert any_store.claim("k", FP, "t1", "a", SHORT, max_lost=2).status is ClaimStatus.CLAIMED
+    wait_until(lambda: any_store.claim("k", FP, "t1", "b", SHORT, max_lost=2).runs)
+    results = []
+
+    def gave_up() -> bool:
+        results.append(any_store.claim("k", FP, "t1", "c", SHORT, max_lost=2))
+        return results[-1].status is not ClaimStatus.BUSY
+
+    wait_until(gave_up)
+    assert results[-1].status is ClaimStatus.LOST_TOO_OFTEN
+    assert results[-1].lost == 2
+    # A stale copy delivered later is absorbed, not run.
+    assert any_store.claim("k", FP, "t1", "d", 30, max_lost=2).status is ClaimStatus.LOST_TOO_OFTEN
+    # A fresh publish is a fresh decision.
+    assert any_store.publish(record("k"), 60, dedupe=True).status is PublishStatus.NEW
+
+
+def test_sweep_takes_each_expiry_once_and_backs_off(any_store: Store) -> None:
+    policy = SweepPolicy(rescue_after=0.5, backoff_cap=10, limit=100)
+    lost = record("k")
+    any_store.publish(lost, 0.001, dedupe=True)
+    taken: list[TaskRecord] = []
+    wait_until(lambda: bool(taken.extend(any_store.sweep(policy)) or taken))
+    assert [r.task_id for r in taken] == [lost.task_id]
+    assert taken[0].rescues == 0 and taken[0].state == "queued"
+    assert taken[0].body == lost.body
+    assert any_store.sweep(policy) == []  # its deadline moved: not taken twice
+    again: list[TaskRecord] = []
+    wait_until(lambda: bool(again.extend(any_store.sweep(policy)) or again))
+    assert again[0].rescues == 1
+
+
+def test_claim_moves_deadline_to_lease_and_complete_clears_it(any_store: Store) -> None:
+    policy = SweepPolicy(rescue_after=30, backoff_cap=30, limit=100)
+    rec = record("k")
+    any_store.publish(rec, 0.001, dedupe=True)
+    assert any_store.claim("k", FP, rec.task_id, "a", 30, max_lost=3).runs
+    time.sleep(0.05)
+    assert any_store.sweep(policy) == []
+    assert any_store.complete("k", FP, "a", rec.task_id, None, retention=60)
+    assert any_store.pending_count() == 0
+
+
+def test_expired_lease_is_swept_as_running(any_store: Store) -> None:
+    policy = SweepPolicy(rescue_after=30, backoff_cap=30, limit=100)
+    rec = record("k")
+    any_store.publish(rec, 30, dedupe=True)
+    any_store.claim("k", FP, rec.task_id, "a", SHORT, max_lost=3)
+    taken: list[TaskRecord] = []
+    wait_until(lambda: bool(taken.extend(any_store.sweep(policy)) or taken))
+    assert taken[0].task_id == rec.task_id and taken[0].state == "running"
+
+
+def test_sweeper_lease_admits_one(any_store: Store) -> None:
+    assert any_store.acquire_sweeper("w1", 30)
+    assert not any_store.acquire_sweeper("w2", 30)
+    assert any_store.acquire_sweeper("w1", 30)
+
+
+def test_dead_letter_moves_record(any_store: Store) -> None:
+    rec = record("k")
+    any_store.publish(rec, 60, dedupe=True)
+    any_store.dead_letter(rec.task_id, "k", "worker_lost", "killed 3 times")
+    assert any_store.pending_count() == 0
+    dead = any_store.get_record(rec.task_id, "k")
+    assert dead is not None and dead.state == "dead" and dead.reason == "worker_lost"
+    any_store.dead_letter("t-none", "k2", "failed", "boom", fallback=record("k2", "t-none"))
+    letters = any_store.dead_letters()
+    assert {r.task_id for r in letters} == {rec.task_id, "t-none"}
+    assert all(r.dead_at for r in letters)
+    by_id = {r.task_id: r for r in letters}
+    assert by_id["t-none"].name == "shop.send_receipt" and by_id["t-none"].error == "boom"
+
+
+def test_discard_drops_record(any_store: Store) -> None:
+    rec = record("k")
+    any_store.publish(rec, 60, dedupe=False)
+    any_store.discard(rec.task_id, "k")
+    assert any_store.get_record(rec.task_id, "k") is None
+    assert any_store.pending_count() == 0
+
+
+def test_ping(any_store: Store) -> None:
+    any_store.ping()
+
+
+@pytest.mark.parametrize("n", [50])
+def test_concurrent_claims_admit_one_owner(any_store: Store, n: int) -> None:
+    import threading
+
+    statuses: list[ClaimStatus] = []
+    barrier = threading.Barrier(8)
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        for j in range(n // 8):
+            statuses.append(any_store.claim("hot", FP, f"t{i}", f"o{i}-{j}", 30, 3).status)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses.count(ClaimStatus.CLAIMED) == 1
+    assert set(statuses) == {ClaimStatus.CLAIMED, ClaimStatus.BUSY}
