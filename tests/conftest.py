@@ -9,6 +9,8 @@ from celery_reliable.stores import Store, open_store
 from celery_reliable.stores.memory import MemoryStore
 from tests.servers import MARIADB, POSTGRES, REDIS
 
+pytest_plugins = ["tests.shopfixture"]
+
 STORE_KINDS = ["memory", "fakeredis", "redis", "sqlite", "postgresql", "mariadb"]
 
 

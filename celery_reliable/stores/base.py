@@ -228,8 +228,9 @@ class Store(abc.ABC):
 
         Atomically moves each one's deadline to now + ``policy.next_delay``
         and increments its rescue counter, so two sweepers never take the same
-        record for the same expiry.  Returned records show the counter *before*
-        this sweep and the state the task was in.
+        record for the same expiry; the record's state becomes ``queued`` (it
+        waits for a worker again).  Returned records show the counter and the
+        state *before* this sweep.
         """
 
     # -- inspection and lifecycle ---------------------------------------------

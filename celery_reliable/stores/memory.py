@@ -205,7 +205,7 @@ class MemoryStore(Store):
             for _, task_id in due:
                 record = self._records[task_id]
                 taken.append(record)
-                self._records[task_id] = replace(record, rescues=record.rescues + 1)
+                self._records[task_id] = replace(record, rescues=record.rescues + 1, state="queued")
                 self._due[task_id] = now + policy.next_delay(record.rescues)
             return taken
 

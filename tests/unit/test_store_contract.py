@@ -219,6 +219,8 @@ def test_expired_lease_is_swept_as_running(any_store: Store) -> None:
     taken: list[TaskRecord] = []
     wait_until(lambda: bool(taken.extend(any_store.sweep(policy)) or taken))
     assert taken[0].task_id == rec.task_id and taken[0].state == "running"
+    # Republished, it waits for a worker again.
+    assert any_store.get_record(rec.task_id, "k").state == "queued"  # type: ignore[union-attr]
 
 
 def test_sweeper_lease_admits_one(any_store: Store) -> None:

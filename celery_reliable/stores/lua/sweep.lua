@@ -13,7 +13,7 @@ for _, id in ipairs(ids) do
     local resc = tonumber(f[10]) or 0
     local delay = math.min(tonumber(ARGV[3]) * (2 ^ math.min(resc, 30)), tonumber(ARGV[4]))
     redis.call('ZADD', KEYS[1], now + delay, id)
-    redis.call('HSET', rk, 'resc', resc + 1)
+    redis.call('HSET', rk, 'resc', resc + 1, 'state', 'queued')
     table.insert(out, {id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], tostring(resc)})
   end
 end

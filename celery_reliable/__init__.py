@@ -1,0 +1,35 @@
+"""celery_reliable: durable, effectively-once, tracked Celery tasks.
+
+The public surface is what ``__all__`` lists; everything else may change.
+"""
+
+from celery_reliable.errors import (
+    ConfigurationError,
+    IdempotencyKeyConflict,
+    IdempotencyKeyError,
+    PermanentError,
+    ReliableError,
+    StoreError,
+    StoreUnavailable,
+    TaskInFlight,
+    UnpersistableTask,
+)
+from celery_reliable.runtime import runtime
+from celery_reliable.task import ReliableTask, TaskLostTooOften
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ConfigurationError",
+    "IdempotencyKeyConflict",
+    "IdempotencyKeyError",
+    "PermanentError",
+    "ReliableError",
+    "ReliableTask",
+    "StoreError",
+    "StoreUnavailable",
+    "TaskInFlight",
+    "TaskLostTooOften",
+    "UnpersistableTask",
+    "runtime",
+]

@@ -1,0 +1,95 @@
+"""Per-app, per-process state: validated settings, the store, the heartbeat, counters.
+
+One :class:`Runtime` per Celery app (kept in a weak mapping, so two apps in one
+process never share a store), rebuilt after a fork: a prefork child must not
+reuse its parent's sockets or heartbeat thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import weakref
+
+from celery import Celery
+
+from celery_reliable.errors import ConfigurationError
+from celery_reliable.settings import Settings, from_conf
+from celery_reliable.stores import Store, open_store
+from celery_reliable.worker.heartbeat import Heartbeat
+
+logger = logging.getLogger("celery_reliable")
+
+_runtimes: weakref.WeakKeyDictionary[Celery, Runtime] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+class Runtime:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.pid = os.getpid()
+        self.settings: Settings = from_conf(app.conf)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._store: Store | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    url = self.settings.store_url
+                    if url is None:
+                        raise ConfigurationError(
+                            "reliable_store_url is not set; set it on the app, e.g. "
+                            "app.conf.reliable_store_url = 'redis://127.0.0.1:6379/1' "
+                            "or 'sqlite:///reliable.db'"
+                        )
+                    self._store = open_store(
+                        url, prefix=self.settings.key_prefix, shards=self.settings.redis_shards
+                    )
+        return self._store
+
+    @property
+    def heartbeat(self) -> Heartbeat:
+        if self._heartbeat is None:
+            with self._lock:
+                if self._heartbeat is None:
+                    self._heartbeat = Heartbeat(self)
+        return self._heartbeat
+
+    def count(self, event: str, n: int = 1) -> None:
+        """Count an event (deduplicated, deferred, store_error, rescued, ...)."""
+        self.counters[event] += n
+
+    def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self._store is not None:
+            self._store.close()
+
+
+def runtime(app: Celery) -> Runtime:
+    """The runtime of ``app`` in this process (validates the settings on first use)."""
+    current = _runtimes.get(app)
+    if current is not None and current.pid == os.getpid():
+        return current
+    with _lock:
+        current = _runtimes.get(app)
+        if current is None or current.pid != os.getpid():
+            if current is not None and current._store is not None:
+                current._store.after_fork()
+            current = Runtime(app)
+            _runtimes[app] = current
+        return current
+
+
+def reset(app: Celery) -> None:
+    """Forget the app's runtime (tests, or after changing settings at run time)."""
+    with _lock:
+        current = _runtimes.pop(app, None)
+    if current is not None:
+        current.close()

@@ -1,0 +1,482 @@
+"""ReliableTask: persist → publish on the producer, claim → run → complete on the worker.
+
+Producer side (:meth:`ReliableTask.apply_async`): derive the idempotency key,
+put it in the message *headers* (the only place every transport keeps), write
+the task record to the store (persist-on-publish; it also answers "is this key
+already done or in flight?" in the same round trip) and only then publish.
+
+Worker side (:meth:`ReliableTask.__call__`): claim the key's lease, run the
+body while a heartbeat renews the lease, then complete (success) or release
+(retry, failure).  What the claim answers decides everything else:
+
+=============  =================================================================
+claimed        run the body
+taken over     run the body; the previous owner died (a *lost attempt*)
+done           skip; return the first run's result (recorded as deduplicated)
+busy           another copy runs now: never concurrently. A redelivery of the
+               running task itself is absorbed (the rescuer covers its owner);
+               another copy is deferred until the lease would have lapsed
+conflict       same key, other arguments: refused (IdempotencyKeyConflict)
+lost too often dead-lettered with reason ``worker_lost``; never run again
+store down     fail closed: deferred with backoff, never run unguarded
+=============  =================================================================
+
+``acks_late`` and ``reject_on_worker_lost`` are forced on: the message is
+acknowledged only after the outcome is written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import random
+import socket
+import time
+import types
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from celery import Celery, Task
+from celery.exceptions import Ignore, Reject, Retry
+from celery.result import AsyncResult
+
+from celery_reliable import keys
+from celery_reliable.errors import (
+    ConfigurationError,
+    IdempotencyKeyConflict,
+    ReliableError,
+    StoreError,
+    StoreUnavailable,
+    TaskInFlight,
+)
+from celery_reliable.records import encode
+from celery_reliable.runtime import Runtime, runtime
+from celery_reliable.settings import Settings, per_task_names
+from celery_reliable.stores.base import Claim, ClaimStatus, Lease, PublishStatus
+
+logger = logging.getLogger("celery_reliable")
+
+HEADER_KEY = "reliable_key"
+HEADER_FINGERPRINT = "reliable_fp"
+HEADER_DEFERS = "reliable_defers"
+
+#: completing is retried this often when the store blips: the body already ran.
+_COMPLETE_TRIES = 5
+
+
+class TaskLostTooOften(ReliableError):
+    """The task's runs died with their worker too often; it was dead-lettered."""
+
+
+class _CurrentKey:
+    """``task.idempotency_key``: the key source on the class, the current key in a body."""
+
+    def __get__(self, instance: ReliableTask | None, owner: type[ReliableTask]) -> Any:
+        if instance is None:
+            return owner.key_source
+        return (instance.request.headers or {}).get(HEADER_KEY)
+
+
+class ReliableTask(Task):  # type: ignore[misc]
+    """Base class of tasks that are durable, effectively-once and tracked.
+
+    Use it as ``@app.task(base=ReliableTask, idempotency_key="receipt:{order_id}")``,
+    as a subclass, or app-wide with ``Celery(..., task_cls="celery_reliable:ReliableTask")``.
+    Per-task settings (``lease_seconds``, ``retention``, ``max_lost_attempts``,
+    ``persist_on_publish``, ``dedupe_on_publish``, ``on_key_conflict``) are
+    decorator options or class attributes; ``apply_async(idempotency_key=...)``
+    overrides the key per call.
+    """
+
+    abstract = True
+    acks_late = True
+    reject_on_worker_lost = True
+
+    #: template ("receipt:{order_id}"), callable(*args, **kwargs) -> str, or None (hash)
+    key_source: ClassVar[keys.KeySource] = None
+    idempotency_key: Any = _CurrentKey()
+
+    lease_seconds: float | None = None
+    retention: float | None = None
+    max_lost_attempts: int | None = None
+    persist_on_publish: bool | None = None
+    dedupe_on_publish: bool | None = None
+    on_key_conflict: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Celery sets decorator options as class attributes: move a template or
+        # callable given as ``idempotency_key`` aside and keep the descriptor.
+        source = cls.__dict__.get("idempotency_key")
+        if not isinstance(source, _CurrentKey):
+            if isinstance(source, staticmethod):
+                source = source.__func__
+            cls.key_source = source
+            cls.idempotency_key = _CurrentKey()
+
+    @classmethod
+    def on_bound(cls, app: Celery) -> None:
+        """Checks at definition time, and the worker bootsteps installed on the app."""
+        from celery_reliable.worker.steps import install
+
+        name = cls.__dict__.get("name") or cls.__name__
+        for option in ("acks_late", "reject_on_worker_lost"):
+            if getattr(cls, option) is not True:
+                raise ConfigurationError(
+                    f"{name} sets {option}={getattr(cls, option)!r}, but ReliableTask needs "
+                    f"{option}=True: without it a crashed worker loses the task. Remove the "
+                    "option, or do not use ReliableTask for this task"
+                )
+        if isinstance(cls.key_source, str) and "run" in cls.__dict__:
+            keys.check_template(cls.key_source, _run_signature_target(cls), name)
+        install(app)
+
+    # -- settings ---------------------------------------------------------------
+    @property
+    def reliable(self) -> Runtime:
+        return runtime(self._get_app())
+
+    def reliable_settings(self) -> Settings:
+        """The app's settings with this task's overrides (validated once per process)."""
+        rt = self.reliable
+        cached = self.__dict__.get("_reliable_settings")
+        if cached is not None and cached[0] is rt:
+            return cached[1]  # type: ignore[no-any-return]
+        overrides = {
+            name: getattr(self, name)
+            for name in per_task_names()
+            if getattr(self, name, None) is not None
+        }
+        settings = rt.settings.for_task(overrides)
+        self.__dict__["_reliable_settings"] = (rt, settings)
+        return settings
+
+    def key_for(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], key: str | None = None
+    ) -> tuple[str, str]:
+        """(idempotency key, argument fingerprint) of a call."""
+        arguments = keys.bind_arguments(self.run, args, kwargs)
+        fingerprint = keys.fingerprint(arguments)
+        if key is not None:
+            return keys.validate_key(key, self.name), fingerprint
+        return keys.derive_key(self.name, self.key_source, arguments, args, kwargs), fingerprint
+
+    # -- producer ----------------------------------------------------------------
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        per_call_key = options.pop("idempotency_key", None)
+        headers = dict(options.pop("headers", None) or {})
+        if HEADER_KEY in headers and per_call_key is None:
+            key, fingerprint = headers[HEADER_KEY], headers[HEADER_FINGERPRINT]
+        else:
+            key, fingerprint = self.key_for(args, kwargs, per_call_key)
+        headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
+        task_id = task_id or str(uuid.uuid4())
+        # A republish of the running task itself (retry, deferral) must go out.
+        internal = task_id == self.request.id
+        app = self._get_app()
+        if not app.conf.task_always_eager:
+            existing = self._before_publish(
+                task_id, key, fingerprint, args, kwargs, {**options, "headers": headers,
+                                                          "link": link, "link_error": link_error,
+                                                          "shadow": shadow}, internal,
+            )
+            if existing is not None:
+                return self.AsyncResult(existing)
+        return super().apply_async(
+            args, kwargs, task_id=task_id, producer=producer, link=link,
+            link_error=link_error, shadow=shadow, headers=headers, **options,
+        )
+
+    def _before_publish(
+        self, task_id: str, key: str, fingerprint: str, args: Sequence[Any],
+        kwargs: Mapping[str, Any], options: Mapping[str, Any], internal: bool,
+    ) -> str | None:
+        """Persist the record and dedupe; the id of an existing task to return instead."""
+        settings = self.reliable_settings()
+        dedupe = settings.dedupe_on_publish and not internal
+        try:
+            if settings.persist_on_publish:
+                record, delay = encode(
+                    self._get_app(), name=self.name, task_id=task_id, key=key,
+                    fingerprint=fingerprint, args=args, kwargs=kwargs, options=options,
+                )
+                outcome = self.reliable.store.publish(
+                    record, delay + settings.rescue_after, dedupe
+                )
+            elif dedupe:
+                outcome = self.reliable.store.lookup(key, fingerprint)
+            else:
+                return None
+        except StoreUnavailable as exc:
+            if internal or settings.on_store_down_at_publish == "publish":
+                self.reliable.count("published_unrecorded")
+                logger.error("publishing %s[%s] unrecorded: %s", self.name, task_id, exc)
+                return None
+            raise
+        if outcome.status is PublishStatus.CONFLICT and settings.on_key_conflict == "error":
+            raise IdempotencyKeyConflict(
+                f"idempotency key {key!r} of {self.name} was used by task {outcome.task_id} "
+                "with different arguments; build the key from every argument that changes "
+                "the outcome, or pass a distinct idempotency_key"
+            )
+        if outcome.status is PublishStatus.NEW:
+            return None
+        self.reliable.count("deduplicated_on_publish")
+        logger.info(
+            "not publishing %s with key %r: %s as task %s",
+            self.name, key, outcome.status.value.replace("_", " "), outcome.task_id,
+        )
+        return outcome.task_id
+
+    # -- worker ------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.request.called_directly:
+            # A plain function call: no message, nothing to guard.
+            return super().__call__(*args, **kwargs)
+        return self._execute(args, kwargs)
+
+    def _execute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        request = self.request
+        headers = request.headers if request.headers is not None else {}
+        request.headers = headers
+        if HEADER_KEY in headers:
+            key, fingerprint = headers[HEADER_KEY], headers[HEADER_FINGERPRINT]
+        else:  # sent by name (send_task) or by an older producer: derive it here
+            key, fingerprint = self.key_for(args, kwargs)
+            headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
+        settings = self.reliable_settings()
+        owner = f"{request.hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        try:
+            claim = self.reliable.store.claim(
+                key, fingerprint, request.id, owner, settings.lease_seconds,
+                settings.max_lost_attempts,
+            )
+        except StoreError as exc:
+            return self._store_down(exc)
+        if claim.runs:
+            if claim.status is ClaimStatus.TAKEN_OVER:
+                self.reliable.count("taken_over")
+                logger.warning(
+                    "%s[%s] key %r: the previous run died with its worker (lost attempt %d of "
+                    "%d); running it again", self.name, request.id, key, claim.lost,
+                    settings.max_lost_attempts,
+                )
+            return self._run_claimed(key, fingerprint, owner, args, kwargs, settings)
+        return self._not_claimed(claim, key, settings)
+
+    def _run_claimed(
+        self, key: str, fingerprint: str, owner: str, args: tuple[Any, ...],
+        kwargs: dict[str, Any], settings: Settings,
+    ) -> Any:
+        task_id = self.request.id
+        store = self.reliable.store
+        heartbeat = self.reliable.heartbeat
+        heartbeat.track(Lease(key, owner, task_id), settings.lease_seconds)
+        try:
+            result = self.run(*args, **kwargs)
+        except Retry:
+            self._release(key, owner, requeued=True)
+            raise
+        except Ignore:
+            self._release(key, owner, requeued=False)
+            self._quietly("discard", lambda: store.discard(task_id, key))
+            raise
+        except Reject as exc:
+            self._release(key, owner, requeued=bool(exc.requeue))
+            if not exc.requeue:
+                self._dead_letter(key, "rejected", exc)
+            raise
+        except Exception as exc:
+            self._release(key, owner, requeued=False)
+            self._dead_letter(key, "failed", exc)
+            raise
+        except BaseException:
+            # Shutdown or a time limit: the message is not acknowledged, so it is
+            # delivered again, or rescued when the lease lapses.
+            self._release(key, owner, requeued=True)
+            raise
+        finally:
+            heartbeat.untrack(owner)
+        self._complete(key, fingerprint, owner, result, settings)
+        return result
+
+    def _complete(
+        self, key: str, fingerprint: str, owner: str, result: Any, settings: Settings
+    ) -> None:
+        kept = keys.encode_result(result, settings.result_max_bytes)
+        for attempt in range(_COMPLETE_TRIES):
+            try:
+                ok = self.reliable.store.complete(
+                    key, fingerprint, owner, self.request.id, kept, settings.retention
+                )
+            except StoreUnavailable as exc:
+                self.reliable.count("store_error")
+                logger.warning("completing %s[%s]: %s", self.name, self.request.id, exc)
+                _sleep_backoff(attempt)
+                continue
+            if not ok:
+                self.reliable.count("lease_lost")
+                logger.error(
+                    "%s[%s] finished, but its lease on key %r had lapsed and another worker "
+                    "took it over: the body may run twice (raise reliable_lease_seconds, or "
+                    "check the store's latency)", self.name, self.request.id, key,
+                )
+            return
+        self.reliable.count("complete_failed")
+        logger.error(
+            "%s[%s] finished, but the store could not record it: the lease on key %r lapses "
+            "and the task will be run again", self.name, self.request.id, key,
+        )
+
+    def _release(self, key: str, owner: str, requeued: bool) -> None:
+        self._quietly(
+            "release",
+            lambda: self.reliable.store.release(key, owner, self.request.id, requeued),
+        )
+
+    def _dead_letter(self, key: str, reason: str, exc: BaseException | None) -> None:
+        error = f"{type(exc).__name__}: {exc}" if exc is not None else None
+        self._quietly(
+            "dead_letter",
+            lambda: self.reliable.store.dead_letter(
+                self.request.id, key, reason, error, fallback=self._fallback_record(key)
+            ),
+        )
+        logger.warning("%s[%s] dead-lettered (%s): %s", self.name, self.request.id, reason, error)
+        self.reliable.count(f"dead_lettered_{reason}")
+
+    def _fallback_record(self, key: str) -> Any:
+        """The record to keep when none was persisted at publish (persist off)."""
+        request = self.request
+        try:
+            record, _ = encode(
+                self._get_app(), name=self.name, task_id=request.id, key=key,
+                fingerprint=(request.headers or {}).get(HEADER_FINGERPRINT, ""),
+                args=request.args or (), kwargs=request.kwargs or {},
+                options={"headers": request.headers or {}},
+            )
+        except ReliableError:
+            return None
+        return record
+
+    def _quietly(self, what: str, call: Callable[[], Any]) -> None:
+        """Store writes after the outcome is decided: a failure is logged and counted."""
+        try:
+            call()
+        except StoreError as exc:
+            self.reliable.count("store_error")
+            logger.error(
+                "%s[%s]: could not %s in the store (%s); the lease lapses and the rescuer "
+                "takes it from there", self.name, self.request.id, what.replace("_", " "), exc,
+            )
+
+    def _not_claimed(self, claim: Claim, key: str, settings: Settings) -> Any:
+        request = self.request
+        if claim.status is ClaimStatus.DONE:
+            self.reliable.count("deduplicated")
+            logger.info(
+                "%s[%s] skipped: key %r already succeeded as task %s",
+                self.name, request.id, key, claim.task_id,
+            )
+            return keys.decode_result(claim.result)
+        if claim.status is ClaimStatus.CONFLICT:
+            error = IdempotencyKeyConflict(
+                f"idempotency key {key!r} of {self.name} is held by task {claim.task_id} with "
+                "different arguments; this copy is not run"
+            )
+            if settings.on_key_conflict == "skip":
+                self.reliable.count("deduplicated")
+                logger.warning("%s", error)
+                return None
+            self._dead_letter(key, "key_conflict", error)
+            raise error
+        if claim.status is ClaimStatus.LOST_TOO_OFTEN:
+            error = TaskLostTooOften(
+                f"{self.name}[{request.id}] with key {key!r} died with its worker {claim.lost} "
+                "times (out of memory? a crashing library?); dead-lettered, not run again"
+            )
+            self._dead_letter(key, "worker_lost", error)
+            raise error
+        return self._busy(claim, key, settings)
+
+    def _busy(self, claim: Claim, key: str, settings: Settings) -> Any:
+        request = self.request
+        if request.is_eager:
+            raise TaskInFlight(
+                f"key {key!r} of {self.name} is being run by task {claim.task_id} "
+                f"(lease {claim.lease_left:.0f} s left)"
+            )
+        self.reliable.count("busy")
+        if claim.task_id == request.id and settings.persist_on_publish:
+            logger.info(
+                "%s[%s] delivered again while it runs: absorbed (the rescuer takes over if "
+                "its worker died)", self.name, request.id,
+            )
+            raise Ignore()
+        # Poll with a doubling delay, never later than the holder's lease could lapse.
+        delay = min(claim.lease_left + random.uniform(0.5, 2.0), 2.0 ** self._defers())
+        return self._defer(delay, f"key in flight as task {claim.task_id}")
+
+    def _defers(self) -> int:
+        """How often this task was deferred already (a header, survives republishing)."""
+        return int((self.request.headers or {}).get(HEADER_DEFERS, 0))
+
+    def _store_down(self, exc: StoreError) -> Any:
+        self.reliable.count("store_error")
+        if self.request.is_eager:
+            raise exc
+        base = self.reliable_settings().store_down_retry_delay
+        delay = random.uniform(0, min(60.0, base * 2 ** self._defers())) + base / 2
+        logger.error(
+            "%s[%s] not run: the store is unavailable (%s); failing closed, trying again in "
+            "%.1f s", self.name, self.request.id, exc, delay,
+        )
+        return self._defer(delay, "store unavailable")
+
+    def _defer(self, countdown: float, reason: str) -> Any:
+        """Publish this task again (same id, key and attempt count) later; ack this copy."""
+        request = self.request
+        signature = self.signature_from_request(request, countdown=countdown)
+        headers = dict(request.headers or {})
+        headers[HEADER_DEFERS] = self._defers() + 1
+        signature.options["headers"] = headers
+        try:
+            signature.apply_async()
+        except Exception as exc:  # the broker is down too: let it redeliver this copy
+            logger.error("%s[%s] could not be deferred (%s); requeued", self.name, request.id, exc)
+            raise Reject(exc, requeue=True) from exc
+        self.reliable.count("deferred")
+        logger.info("%s[%s] deferred %.1f s: %s", self.name, request.id, countdown, reason)
+        raise Retry(f"deferred: {reason}", when=countdown)
+
+
+def _run_signature_target(cls: type[Task]) -> Callable[..., Any]:
+    """``run`` as called on an instance: without ``self`` when it is a plain method."""
+    run = inspect.getattr_static(cls, "run")
+    if isinstance(run, staticmethod):
+        return run.__func__  # type: ignore[no-any-return]
+    if isinstance(run, types.FunctionType):
+        params = list(inspect.signature(run).parameters.values())[1:]
+
+        def stand_in(*args: Any, **kwargs: Any) -> None: ...
+
+        stand_in.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        return stand_in
+    return run  # type: ignore[no-any-return]
+
+
+def _sleep_backoff(attempt: int) -> None:
+    time.sleep(min(2.0, 0.05 * 2**attempt) * random.random())

@@ -1,0 +1,1 @@
+"""What runs inside the worker: the bootstep, the heartbeat, the rescuer, transport defaults."""

@@ -1,0 +1,120 @@
+"""The rescuer: republish what the broker lost or what died with its worker.
+
+Every worker runs one (a daemon thread of the worker's main process, started by
+the worker bootstep); a lease in the store lets one sweep at a time.  Each
+sweep takes the task records whose deadline passed (an index range query,
+never a scan) and, for each:
+
+* a record that waited for a worker longer than ``reliable_rescue_after``
+  (the broker lost the message: Redis restarted without persistence, a queue
+  was purged) is republished, after ``reliable_max_rescues`` attempts it is
+  dead-lettered with reason ``never_received``;
+* a record whose claim's lease lapsed (its worker died: SIGKILL, OOM, a
+  transport that never gives a taken message back) is republished; the next
+  claim counts the lost attempt and stops the crash loop at
+  ``reliable_max_lost_attempts``;
+* a record past its ``expires`` is dead-lettered with reason ``expired``;
+* a record that cannot be decoded is dead-lettered with reason
+  ``undecodable``, never republished in a loop.
+
+The republished copy keeps the task id and the idempotency key: if the broker
+still delivers the original later, the claim absorbs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from celery_reliable import records
+from celery_reliable.errors import StoreError
+from celery_reliable.stores.base import SweepPolicy, TaskRecord
+
+if TYPE_CHECKING:
+    from celery_reliable.runtime import Runtime
+
+logger = logging.getLogger("celery_reliable.rescue")
+
+
+class Rescuer:
+    def __init__(self, runtime: Runtime, hostname: str | None = None) -> None:
+        self.runtime = runtime
+        self.owner = f"{hostname or socket.gethostname()}:{os.getpid()}"
+        settings = runtime.settings
+        self.policy = SweepPolicy(
+            settings.rescue_after, settings.rescue_backoff_cap, settings.rescue_batch
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="celery-reliable-rescue",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        interval = self.runtime.settings.rescue_interval
+        while not self._stop.wait(interval):
+            try:
+                self.sweep_once()
+            except StoreError as exc:
+                self.runtime.count("rescue_error")
+                logger.warning("rescue sweep skipped: %s", exc)
+
+    def sweep_once(self) -> int:
+        """One sweep if this worker holds the sweeper lease; the number of records handled."""
+        store = self.runtime.store
+        if not store.acquire_sweeper(self.owner, self.runtime.settings.rescue_interval * 3):
+            return 0
+        taken = store.sweep(self.policy)
+        for record in taken:
+            self.handle(record)
+        return len(taken)
+
+    def handle(self, record: TaskRecord) -> None:
+        settings = self.runtime.settings
+        try:
+            args, kwargs, options = records.decode(self.runtime.app, record)
+        except records.UndecodableRecord as exc:
+            self._dead(record, "undecodable", f"the stored message cannot be decoded: {exc}")
+            return
+        if records.expired(options):
+            self._dead(record, "expired", f"expired at {options['expires'].isoformat()}")
+            return
+        if record.state == "queued" and record.rescues >= settings.max_rescues:
+            self._dead(
+                record, "never_received",
+                f"republished {record.rescues} times and never received by a worker "
+                f"(is a worker consuming queue {options.get('queue', 'celery')!r}? is "
+                f"{record.name} registered there?)",
+            )
+            return
+        options.pop("countdown", None)
+        try:
+            self.runtime.app.send_task(
+                record.name, args, kwargs, task_id=record.task_id, add_to_parent=False,
+                **options,
+            )
+        except Exception as exc:  # broker down: the deadline moved, the next sweep retries
+            self.runtime.count("rescue_publish_error")
+            logger.error("could not republish %s[%s]: %s", record.name, record.task_id, exc)
+            return
+        why = "its worker died" if record.state == "running" else "no worker received it"
+        self.runtime.count("rescued")
+        logger.warning(
+            "rescued %s[%s] (key %r): %s; republished (rescue %d)",
+            record.name, record.task_id, record.key, why, record.rescues + 1,
+        )
+
+    def _dead(self, record: TaskRecord, reason: str, error: str) -> None:
+        self.runtime.store.dead_letter(record.task_id, record.key, reason, error)
+        self.runtime.count(f"dead_lettered_{reason}")
+        logger.error("dead-lettered %s[%s]: %s", record.name, record.task_id, error)

@@ -1,0 +1,65 @@
+"""Worker bootstep: start-up checks, transport defaults and the rescuer.
+
+Installed on the app by ``ReliableTask.on_bound``: defining a reliable task is
+all it takes, nothing extra to deploy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+
+from celery_reliable.errors import StoreUnavailable
+from celery_reliable.runtime import runtime
+from celery_reliable.worker import transport
+from celery_reliable.worker.rescue import Rescuer
+
+logger = logging.getLogger("celery_reliable")
+
+
+class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Validates the settings and the store at start, runs the rescuer while the worker runs."""
+
+    label = "celery_reliable"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        app = worker.app
+        rt = runtime(app)  # raises ConfigurationError on a bad reliable_* setting
+        reliable = [t for t in app.tasks.values() if _is_reliable(t)]
+        for line in transport.apply_defaults(app, rt.settings, reliable):
+            logger.info("celery_reliable: %s", line)
+        self.rescuer: Rescuer | None = None
+        self.hostname = getattr(worker, "hostname", None)
+
+    def start(self, worker: Any) -> None:
+        rt = runtime(worker.app)
+        try:
+            rt.store.ping()
+        except StoreUnavailable as exc:
+            logger.error(
+                "celery_reliable: the store is unreachable at start-up (%s); reliable tasks "
+                "are deferred until it answers", exc,
+            )
+        logger.info("celery_reliable: store %s", rt.settings.store_url)
+        if rt.settings.rescue_enabled:
+            self.rescuer = Rescuer(rt, self.hostname)
+            self.rescuer.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.rescuer is not None:
+            self.rescuer.stop()
+            self.rescuer = None
+
+
+def _is_reliable(task: Any) -> bool:
+    from celery_reliable.task import ReliableTask
+
+    return isinstance(task, ReliableTask)
+
+
+def install(app: Celery) -> None:
+    """Add the worker bootstep to ``app`` (idempotent: steps are a set)."""
+    app.steps["worker"].add(ReliableWorkerStep)

@@ -1,0 +1,111 @@
+"""The Celery app the integration and chaos tests run in real worker processes.
+
+``build(env)`` makes the app from environment-style settings, so a test can
+point a subprocess worker (``celery -A tests.apps.shop``, which reads
+``os.environ``) and its own producer (``build(env)``) at the same broker, store,
+key prefix and queue.  Side effects are counted in Redis, outside the worker,
+so a test counts outcomes after a SIGKILL instead of reading logs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from celery import Celery
+
+from celery_reliable import ReliableTask
+
+COUNTER_URL = "redis://127.0.0.1:6379/13"
+
+
+class Counter:
+    """Effects counted outside the worker: ``INCR <prefix>:<event>:<id>``."""
+
+    def __init__(self, prefix: str, url: str = COUNTER_URL) -> None:
+        self.prefix = prefix
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+
+    def incr(self, event: str, ident: Any) -> int:
+        return int(self.client.incr(f"{self.prefix}:{event}:{ident}"))
+
+    def get(self, event: str, ident: Any) -> int:
+        return int(self.client.get(f"{self.prefix}:{event}:{ident}") or 0)
+
+    def total(self, event: str) -> int:
+        keys = list(self.client.scan_iter(f"{self.prefix}:{event}:*", count=1000))
+        return sum(int(v or 0) for v in self.client.mget(keys)) if keys else 0
+
+
+def build(env: Mapping[str, str]) -> Celery:
+    prefix = env.get("TEST_PREFIX", "shop")
+    counter = Counter(prefix, env.get("TEST_COUNTER_URL", COUNTER_URL))
+    app = Celery(
+        "shop",
+        broker=env.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/14"),
+        backend=env.get("TEST_BACKEND_URL", "redis://127.0.0.1:6379/14"),
+    )
+    app.conf.update(
+        task_default_queue=env.get("TEST_QUEUE", "celery"),
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        result_expires=600,
+        reliable_store_url=env.get("TEST_STORE_URL", "redis://127.0.0.1:6379/15"),
+        reliable_key_prefix=prefix,
+        reliable_lease_seconds=float(env.get("TEST_LEASE", "3")),
+        reliable_rescue_interval=float(env.get("TEST_RESCUE_INTERVAL", "0.5")),
+        reliable_rescue_after=float(env.get("TEST_RESCUE_AFTER", "4")),
+        reliable_max_lost_attempts=int(env.get("TEST_MAX_LOST", "3")),
+    )
+    if env.get("TEST_VISIBILITY_TIMEOUT"):
+        app.conf.broker_transport_options = {
+            "visibility_timeout": float(env["TEST_VISIBILITY_TIMEOUT"]),
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        }
+
+    @app.task(name="shop.send_receipt", shared=False, base=ReliableTask, bind=True,
+              idempotency_key="receipt:{order_id}")
+    def send_receipt(self: ReliableTask, order_id: int, hold: float = 0.0) -> dict[str, Any]:
+        """The effect happens once per key: counted as 'effect'."""
+        counter.incr("start", order_id)
+        time.sleep(hold)
+        counter.incr("effect", order_id)
+        return {"order": order_id, "key": self.idempotency_key}
+
+    @app.task(name="shop.send_receipt_consumer_dedupe", shared=False, base=ReliableTask,
+              bind=True, idempotency_key="receipt:{order_id}", dedupe_on_publish=False)
+    def send_receipt_consumer_dedupe(
+        self: ReliableTask, order_id: int, hold: float = 0.0
+    ) -> dict[str, Any]:
+        """Same body, but every publish reaches the broker: the claim alone dedupes."""
+        counter.incr("start", order_id)
+        time.sleep(hold)
+        counter.incr("effect", order_id)
+        return {"order": order_id, "key": self.idempotency_key}
+
+    @app.task(name="shop.slow_effect", shared=False, base=ReliableTask,
+              idempotency_key="slow:{order_id}")
+    def slow_effect(order_id: int, seconds: float) -> int:
+        """Runs ``seconds`` (a test kills its worker meanwhile), then counts the effect."""
+        counter.incr("start", order_id)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return counter.incr("effect", order_id)
+
+    @app.task(name="shop.kill_own_worker", shared=False, base=ReliableTask,
+              idempotency_key="crash:{order_id}")
+    def kill_own_worker(order_id: int) -> None:
+        """Dies with its worker on every run, like a task that runs out of memory."""
+        counter.incr("start", order_id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return app
+
+
+app = build(os.environ)

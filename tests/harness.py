@@ -1,0 +1,92 @@
+"""Real worker subprocesses for tests where a crash is the point.
+
+Each worker is its own process group, so SIGKILL takes the main process and its
+pool children together, as the OOM killer or a node failure would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait until ``condition()``; seconds it took.  Fails naming ``what``."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+class Worker:
+    def __init__(
+        self, env: Mapping[str, str], log_dir: Path, pool: str = "solo", concurrency: int = 1,
+        app: str = "tests.apps.shop",
+    ) -> None:
+        self.name = f"w{uuid.uuid4().hex[:6]}"
+        self.log = log_dir / f"{self.name}.log"
+        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.cmd = [
+            sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool,
+            "-c", str(concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO",
+            "--without-mingle", "--without-gossip", "-Q", env.get("TEST_QUEUE", "celery"),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 30) -> Worker:
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                start_new_session=True,
+            )
+        wait_for(self._ready, ready_timeout, f"worker {self.name} to start (log: {self.log})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.log.exists() and b" ready." in self.log.read_bytes():
+            return True  # it may already have died of its first task: that is the test's business
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"worker {self.name} exited:\n{self.log.read_text()[-3000:]}")
+        return False
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> None:
+        """Warm shutdown (SIGTERM), killing if it does not finish in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+@contextmanager
+def worker(env: Mapping[str, str], log_dir: Path, **kwargs: object) -> Iterator[Worker]:
+    w = Worker(env, log_dir, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield w.start()
+    finally:
+        w.stop()

@@ -1,0 +1,66 @@
+"""Effectively once (G2) with real workers on real brokers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from celery_reliable.runtime import runtime
+from tests.shopfixture import Shop
+
+BROKERS = ["redis", "rabbitmq"]
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_same_key_twenty_times_publishes_once(make_shop: Callable[..., Shop], broker: str) -> None:
+    shop = make_shop(broker)
+    task = shop.task("send_receipt")
+    handles = [task.delay(1) for _ in range(20)]
+    assert len({h.id for h in handles}) == 1  # 19 answered by the producer-side check
+    assert runtime(shop.app).counters["deduplicated_on_publish"] == 19
+    with shop.worker():
+        results = [h.get(timeout=30) for h in handles]
+    assert results == [{"order": 1, "key": "receipt:1"}] * 20
+    assert shop.counter.get("effect", 1) == 1
+    assert shop.counter.get("start", 1) == 1
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_twenty_copies_reach_workers_and_run_once(
+    make_shop: Callable[..., Shop], broker: str
+) -> None:
+    shop = make_shop(broker)
+    task = shop.task("send_receipt_consumer_dedupe")
+    handles = [task.apply_async((2,), {"hold": 0.3}) for _ in range(20)]
+    assert len({h.id for h in handles}) == 20  # every copy is its own message
+    with shop.worker(pool="prefork", concurrency=4):
+        results = [h.get(timeout=60) for h in handles]
+    assert results == [{"order": 2, "key": "receipt:2"}] * 20
+    assert shop.counter.get("start", 2) == 1
+    assert shop.counter.get("effect", 2) == 1
+
+
+def test_two_workers_two_copies_at_once_never_both(make_shop: Callable[..., Shop]) -> None:
+    shop = make_shop("redis")
+    task = shop.task("send_receipt_consumer_dedupe")
+    with shop.worker(), shop.worker():
+        handles = []
+        for order in range(10):
+            handles += [task.apply_async((order,), {"hold": 0.5}) for _ in range(2)]
+        results = [h.get(timeout=60) for h in handles]
+    for order in range(10):
+        assert shop.counter.get("start", order) == 1, f"order {order} ran twice"
+        assert results[2 * order] == results[2 * order + 1]
+
+
+def test_per_call_key_travels_in_headers_over_rabbitmq(make_shop: Callable[..., Shop]) -> None:
+    shop = make_shop("rabbitmq")
+    task = shop.task("send_receipt_consumer_dedupe")
+    key = f"manual-{uuid.uuid4().hex}"
+    handles = [task.apply_async((n,), idempotency_key=key) for n in (3, 3)]
+    with shop.worker():
+        results = [h.get(timeout=30) for h in handles]
+    assert results[0]["key"] == key == results[1]["key"]
+    assert shop.counter.get("effect", 3) == 1

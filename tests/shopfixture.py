@@ -1,0 +1,102 @@
+"""One fixture for a shop on a real broker and store, with real worker processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from kombu import Connection
+
+from celery_reliable.runtime import reset, runtime
+from celery_reliable.stores import Store
+from tests.apps.shop import Counter, build
+from tests.harness import Worker, worker
+from tests.servers import POSTGRES, RABBITMQ, REDIS
+
+
+@dataclass
+class Shop:
+    """A producer app, the env its workers get, and the counter of their effects."""
+
+    env: dict[str, str]
+    app: Celery
+    counter: Counter
+    log_dir: Path
+    broker: str
+
+    @property
+    def store(self) -> Store:
+        return runtime(self.app).store
+
+    def task(self, name: str) -> Any:
+        return self.app.tasks[f"shop.{name}"]
+
+    def worker(self, **kwargs: Any) -> AbstractContextManager[Worker]:
+        return worker(self.env, self.log_dir, **kwargs)
+
+    def new_worker(self, **kwargs: Any) -> Worker:
+        return Worker(self.env, self.log_dir, **kwargs)
+
+    def drop_queue(self) -> None:
+        """What a broker restart without persistence does to the queue: it is gone."""
+        queue = self.env["TEST_QUEUE"]
+        with Connection(self.env["TEST_BROKER_URL"]) as conn:
+            conn.default_channel.queue_purge(queue)
+
+    def unacked(self) -> int:
+        """Messages the broker still holds for a consumer (Redis transport)."""
+        import redis
+
+        client = redis.Redis.from_url(self.env["TEST_BROKER_URL"])
+        return int(client.hlen("unacked"))
+
+
+def _broker_url(kind: str, tmp: Path) -> str:
+    if kind == "redis":
+        return REDIS.require() + "/14"
+    if kind == "rabbitmq":
+        return RABBITMQ.require()
+    return f"sqla+sqlite:///{tmp / 'broker.db'}"
+
+
+def _store_url(kind: str, tmp: Path) -> str:
+    if kind == "redis":
+        return REDIS.require() + "/15"
+    if kind == "postgresql":
+        return POSTGRES.require()
+    return f"sqlite:///{tmp / 'store.db'}"
+
+
+@pytest.fixture
+def make_shop(tmp_path: Path) -> Iterator[Callable[..., Shop]]:
+    shops: list[Shop] = []
+
+    def make(broker: str = "redis", store: str = "redis", **overrides: str) -> Shop:
+        REDIS.require()  # effects are counted in Redis whatever the broker
+        prefix = "t" + uuid.uuid4().hex[:10]
+        env = {
+            "TEST_PREFIX": prefix,
+            "TEST_QUEUE": f"q-{prefix}",
+            "TEST_BROKER_URL": _broker_url(broker, tmp_path),
+            "TEST_BACKEND_URL": REDIS.url + "/14",
+            "TEST_STORE_URL": _store_url(store, tmp_path),
+            **overrides,
+        }
+        app = build(env)
+        runtime(app).store.migrate()
+        shop = Shop(env, app, Counter(prefix), tmp_path, broker)
+        shops.append(shop)
+        return shop
+
+    yield make
+    for shop in shops:
+        if shop.broker == "rabbitmq":
+            with Connection(shop.env["TEST_BROKER_URL"]) as conn:
+                conn.default_channel.queue_delete(shop.env["TEST_QUEUE"])
+        reset(shop.app)
