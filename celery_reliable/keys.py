@@ -22,7 +22,7 @@ from typing import Any, Union
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
-from celery_reliable.errors import IdempotencyKeyError
+from celery_reliable.errors import IdempotencyKeyError, UnpersistableTask
 
 KeySource = Union[str, Callable[..., str], None]
 
@@ -52,7 +52,13 @@ def bind_arguments(fun: Callable[..., Any], args: Sequence[Any], kwargs: Mapping
 
 def canonical(arguments: Mapping[str, Any]) -> str:
     """Deterministic text of bound arguments (kombu's JSON handles dates, UUIDs, decimals)."""
-    text = kombu_dumps(arguments, sort_keys=True, separators=(",", ":"))
+    try:
+        text = kombu_dumps(arguments, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise UnpersistableTask(
+            f"the arguments cannot be serialized to derive an idempotency key ({exc}); pass "
+            "plain data (ids, strings, numbers) instead of objects"
+        ) from None
     return text if isinstance(text, str) else text.decode()
 
 

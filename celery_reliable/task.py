@@ -27,6 +27,7 @@ acknowledged only after the outcome is written.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -95,7 +96,7 @@ class ReliableTask(Task):  # type: ignore[misc]
     reject_on_worker_lost = True
 
     #: template ("receipt:{order_id}"), callable(*args, **kwargs) -> str, or None (hash)
-    key_source: ClassVar[keys.KeySource] = None
+    key_source: ClassVar[Any] = None
     idempotency_key: Any = _CurrentKey()
 
     lease_seconds: float | None = None
@@ -110,9 +111,12 @@ class ReliableTask(Task):  # type: ignore[misc]
         # Celery sets decorator options as class attributes: move a template or
         # callable given as ``idempotency_key`` aside and keep the descriptor.
         source = cls.__dict__.get("idempotency_key")
-        if not isinstance(source, _CurrentKey):
+        if "idempotency_key" in cls.__dict__ and not isinstance(source, _CurrentKey):
             if isinstance(source, staticmethod):
                 source = source.__func__
+            elif _is_method(source):
+                # ``def idempotency_key(self, order_id)`` in a subclass: called on the task
+                source = _MethodKey(source)
             cls.key_source = source
             cls.idempotency_key = _CurrentKey()
 
@@ -161,7 +165,10 @@ class ReliableTask(Task):  # type: ignore[misc]
         fingerprint = keys.fingerprint(arguments)
         if key is not None:
             return keys.validate_key(key, self.name), fingerprint
-        return keys.derive_key(self.name, self.key_source, arguments, args, kwargs), fingerprint
+        source: Any = self.key_source
+        if isinstance(source, _MethodKey):
+            source = functools.partial(source.method, self)
+        return keys.derive_key(self.name, source, arguments, args, kwargs), fingerprint
 
     # -- producer ----------------------------------------------------------------
     def apply_async(
@@ -461,6 +468,20 @@ class ReliableTask(Task):  # type: ignore[misc]
         self.reliable.count("deferred")
         logger.info("%s[%s] deferred %.1f s: %s", self.name, request.id, countdown, reason)
         raise Retry(f"deferred: {reason}", when=countdown)
+
+
+def _is_method(source: Any) -> bool:
+    if not isinstance(source, types.FunctionType):
+        return False
+    params = list(inspect.signature(source).parameters)
+    return bool(params) and params[0] == "self"
+
+
+class _MethodKey:
+    """A key method of a ReliableTask subclass: called with the task instance."""
+
+    def __init__(self, method: Callable[..., str]) -> None:
+        self.method = method
 
 
 def _run_signature_target(cls: type[Task]) -> Callable[..., Any]:

@@ -60,6 +60,7 @@ def build(env: Mapping[str, str]) -> Celery:
         reliable_rescue_interval=float(env.get("TEST_RESCUE_INTERVAL", "0.5")),
         reliable_rescue_after=float(env.get("TEST_RESCUE_AFTER", "4")),
         reliable_max_lost_attempts=int(env.get("TEST_MAX_LOST", "3")),
+        reliable_store_down_retry_delay=float(env.get("TEST_STORE_DOWN_DELAY", "0.5")),
     )
     if env.get("TEST_VISIBILITY_TIMEOUT"):
         app.conf.broker_transport_options = {

@@ -1,0 +1,58 @@
+"""A store that is down fails closed (G6): the body waits, nothing is lost or run twice."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from celery_reliable.runtime import runtime
+from tests.harness import wait_for
+from tests.shopfixture import Shop
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A Redis of this test's own, so stopping it disturbs no other test."""
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def answers() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(answers, 10, f"redis-server on port {port}")
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_claim_with_store_down_defers_then_runs_once(make_shop: Callable[..., Shop]) -> None:
+    port = _free_port()
+    shop = make_shop("redis", TEST_STORE_URL=f"redis://127.0.0.1:{port}/0")
+    with private_redis(port):
+        handle = shop.task("send_receipt").delay(1)
+    with shop.worker():
+        # The worker cannot claim: the task is deferred (state RETRY), the body not run.
+        wait_for(lambda: handle.state == "RETRY", 30, "the task to be deferred")
+        assert shop.counter.get("start", 1) == 0
+        with private_redis(port):
+            wait_for(lambda: shop.counter.get("effect", 1) == 1, 30, "the task to run")
+            assert handle.get(timeout=10) == {"order": 1, "key": "receipt:1"}
+    assert shop.counter.get("start", 1) == 1
+    assert runtime(shop.app).counters["store_error"] == 0  # the producer saw the store up

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from celery_reliable import keys
+from celery_reliable.errors import IdempotencyKeyError
+
+
+def send_receipt(order_id: int, email: str = "x@example.com", *, retry: bool = False) -> None: ...
+
+
+def derive(source: keys.KeySource, *args: object, **kwargs: object) -> str:
+    arguments = keys.bind_arguments(send_receipt, args, kwargs)
+    return keys.derive_key("shop.send_receipt", source, arguments, args, kwargs)
+
+
+def test_template_formats_positional_and_keyword_alike() -> None:
+    assert derive("receipt:{order_id}", 42) == "receipt:42"
+    assert derive("receipt:{order_id}", order_id=42) == "receipt:42"
+    assert derive("r:{order_id}:{email}", 1) == "r:1:x@example.com"  # defaults apply
+
+
+def test_callable_source_gets_the_call() -> None:
+    assert derive(lambda order_id, **kw: f"cb:{order_id * 2}", 21) == "cb:42"
+
+
+def test_hash_is_the_same_for_equivalent_calls() -> None:
+    assert derive(None, 42) == derive(None, order_id=42) == derive(None, 42, "x@example.com")
+    assert derive(None, 42) != derive(None, 43)
+    assert derive(None, 42).startswith("shop.send_receipt:")
+
+
+def test_hash_is_stable_across_processes() -> None:
+    code = (
+        "from celery_reliable import keys\n"
+        "print(keys.derive_key('t', None, {'a': 1, 'b': [1, 2], 'c': {'z': 1, 'y': 2}}, (), {}))"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={"PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert len(outputs) == 1
+    assert outputs.pop() == keys.derive_key("t", None, {"c": {"y": 2, "z": 1}, "b": [1, 2], "a": 1}, (), {})
+
+
+def test_rich_argument_types_have_a_canonical_form() -> None:
+    when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    assert keys.fingerprint({"at": when, "amount": Decimal("9.99")}) == keys.fingerprint(
+        {"amount": Decimal("9.99"), "at": when}
+    )
+
+
+def test_template_naming_a_missing_argument_is_a_clear_error() -> None:
+    with pytest.raises(IdempotencyKeyError, match=r"names 'order'.*takes \(order_id, email, retry\)"):
+        keys.check_template("receipt:{order}", send_receipt, "shop.send_receipt")
+    with pytest.raises(IdempotencyKeyError, match="names 'order'"):
+        derive("receipt:{order}", 1)
+
+
+def test_positional_template_fields_are_refused() -> None:
+    with pytest.raises(IdempotencyKeyError, match="must name arguments"):
+        keys.check_template("receipt:{}", send_receipt, "shop.send_receipt")
+
+
+def test_call_that_does_not_fit_the_signature() -> None:
+    with pytest.raises(IdempotencyKeyError, match="cannot derive"):
+        derive(None, 1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("bad", ["", None, 42, "x" * 600])
+def test_bad_keys_are_refused(bad: object) -> None:
+    with pytest.raises(IdempotencyKeyError):
+        keys.validate_key(bad, "shop.send_receipt")
+
+
+def test_fingerprint_differs_with_arguments() -> None:
+    one = keys.fingerprint(keys.bind_arguments(send_receipt, (1,), {}))
+    same = keys.fingerprint(keys.bind_arguments(send_receipt, (), {"order_id": 1}))
+    other = keys.fingerprint(keys.bind_arguments(send_receipt, (1, "y@example.com"), {}))
+    assert one == same != other
+    assert len(one) == 16
+
+
+def test_results_round_trip_or_are_not_kept() -> None:
+    assert keys.decode_result(keys.encode_result({"a": [1, 2]}, 100)) == {"a": [1, 2]}
+    assert keys.encode_result(None, 100) == "null"
+    assert keys.encode_result("x" * 200, 100) is None
+    assert keys.encode_result(object(), 100) is None
+    assert keys.decode_result(None) is None

@@ -1,0 +1,200 @@
+"""ReliableTask without servers: eager mode, and publishing to kombu's memory transport."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from celery_reliable import (
+    ConfigurationError,
+    IdempotencyKeyConflict,
+    IdempotencyKeyError,
+    ReliableTask,
+    StoreUnavailable,
+    UnpersistableTask,
+)
+from celery_reliable.records import decode
+from celery_reliable.runtime import reset, runtime
+from celery_reliable.stores.memory import MemoryStore
+
+
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    app = Celery(f"unit{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+    app.conf.reliable_store_url = "memory://"
+    yield app
+    reset(app)
+
+
+def test_eager_runs_once_per_key_and_skips_with_the_first_result(app: Celery) -> None:
+    calls: list[tuple[int, str]] = []
+
+    @app.task(base=ReliableTask, bind=True, idempotency_key="receipt:{order_id}", shared=False)
+    def send_receipt(self: ReliableTask, order_id: int) -> dict[str, int]:
+        calls.append((order_id, self.idempotency_key))
+        return {"order": order_id}
+
+    assert send_receipt.apply((1,)).get() == {"order": 1}
+    assert send_receipt.apply(kwargs={"order_id": 1}).get() == {"order": 1}
+    assert send_receipt.apply((2,)).get() == {"order": 2}
+    assert calls == [(1, "receipt:1"), (2, "receipt:2")]
+    assert runtime(app).counters["deduplicated"] == 1
+
+
+def test_always_eager_apply_async(app: Celery) -> None:
+    app.conf.task_always_eager = True
+    calls = []
+
+    @app.task(base=ReliableTask, shared=False)
+    def add(x: int, y: int) -> int:
+        calls.append((x, y))
+        return x + y
+
+    assert add.delay(1, 2).get() == 3
+    assert add.delay(1, 2).get() == 3
+    assert add.delay(x=1, y=2).get() == 3
+    assert calls == [(1, 2)]
+
+
+def test_direct_call_is_a_plain_function_call(app: Celery) -> None:
+    @app.task(base=ReliableTask, shared=False)
+    def double(x: int) -> int:
+        return x * 2
+
+    assert double(2) == 4 and double(2) == 4
+    assert runtime(app).counters["deduplicated"] == 0
+
+
+def test_failure_releases_the_key_and_records_a_dead_letter(app: Celery) -> None:
+    attempts = []
+
+    @app.task(base=ReliableTask, idempotency_key="flaky:{n}", shared=False)
+    def flaky(n: int) -> str:
+        attempts.append(n)
+        if len(attempts) == 1:
+            raise ValueError("mailer said no")
+        return "ok"
+
+    with pytest.raises(ValueError):
+        flaky.apply((1,), throw=True)
+    store = runtime(app).store
+    assert store.get_key("flaky:1") is None  # released: a replay can run
+    [letter] = store.dead_letters()
+    assert letter.reason == "failed" and "mailer said no" in (letter.error or "")
+    assert flaky.apply((1,)).get() == "ok"
+
+
+def test_per_task_key_callable_and_subclass(app: Celery) -> None:
+    class ChargeTask(ReliableTask):
+        lease_seconds = 5
+
+        def idempotency_key(self, customer: str, amount: int) -> str:  # type: ignore[override]
+            return f"charge:{customer}:{amount}"
+
+    @app.task(base=ChargeTask, bind=True, shared=False)
+    def charge(self: ReliableTask, customer: str, amount: int) -> str:
+        return str(self.idempotency_key)
+
+    assert charge.apply(("c1", 10)).get() == "charge:c1:10"
+    assert charge.reliable_settings().lease_seconds == 5
+
+
+def test_template_naming_an_unknown_argument_fails_at_definition(app: Celery) -> None:
+    with pytest.raises(IdempotencyKeyError, match="names 'order'.*takes \\(order_id\\)"):
+
+        @app.task(base=ReliableTask, idempotency_key="receipt:{order}", shared=False)
+        def send_receipt(order_id: int) -> None: ...
+
+        app.finalize()  # the worker's start-up: every task is created
+
+
+def test_turning_off_late_acks_is_refused(app: Celery) -> None:
+    with pytest.raises(ConfigurationError, match="acks_late=True"):
+
+        @app.task(base=ReliableTask, acks_late=False, shared=False)
+        def fragile() -> None: ...
+
+        app.finalize()
+
+
+def test_publish_persists_then_dedupes(app: Celery) -> None:
+    @app.task(base=ReliableTask, idempotency_key="receipt:{order_id}", shared=False,
+              name="shop.send_receipt")
+    def send_receipt(order_id: int) -> None: ...
+
+    first = send_receipt.apply_async((7,), countdown=30, queue="mail")
+    again = send_receipt.delay(7)
+    assert again.id == first.id
+    store = runtime(app).store
+    record = store.get_record(first.id, "receipt:7")
+    assert record is not None and record.name == "shop.send_receipt"
+    args, kwargs, options = decode(app, record)
+    assert (args, kwargs) == ([7], {})
+    assert options["queue"] == "mail" and "eta" in options
+    assert options["headers"]["reliable_key"] == "receipt:7"
+
+
+def test_same_key_other_arguments_is_refused_at_publish(app: Celery) -> None:
+    @app.task(base=ReliableTask, shared=False)
+    def charge(customer: str, amount: int) -> None: ...
+
+    charge.apply_async(("c1", 10), idempotency_key="charge-1")
+    with pytest.raises(IdempotencyKeyConflict, match="different arguments"):
+        charge.apply_async(("c1", 99), idempotency_key="charge-1")
+
+
+def test_unserializable_arguments_are_a_clear_error(app: Celery) -> None:
+    @app.task(base=ReliableTask, idempotency_key="obj:{n}", shared=False)
+    def takes(n: int, thing: Any) -> None: ...
+
+    with pytest.raises(UnpersistableTask, match="cannot be serialized"):
+        takes.delay(1, object())
+
+
+def test_store_down_at_publish_raises_by_default(app: Celery) -> None:
+    app.conf.reliable_store_url = "redis://127.0.0.1:1/0"
+
+    @app.task(base=ReliableTask, shared=False)
+    def task(n: int) -> None: ...
+
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        task.delay(1)
+
+
+def test_store_down_at_publish_can_publish_anyway(app: Celery) -> None:
+    app.conf.reliable_store_url = "redis://127.0.0.1:1/0"
+    app.conf.reliable_on_store_down_at_publish = "publish"
+
+    @app.task(base=ReliableTask, shared=False)
+    def task(n: int) -> None: ...
+
+    assert task.delay(1).id
+    assert runtime(app).counters["published_unrecorded"] == 1
+
+
+def test_rescuer_republishes_a_lost_record_to_its_queue(app: Celery) -> None:
+    from celery_reliable.stores.base import SweepPolicy
+    from celery_reliable.worker.rescue import Rescuer
+
+    @app.task(base=ReliableTask, shared=False, name="shop.lost")
+    def lost(n: int) -> None: ...
+
+    app.conf.reliable_rescue_after = 0.1
+    store = runtime(app).store
+    assert isinstance(store, MemoryStore)
+    handle = lost.apply_async((5,), queue="lostq")
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge("lostq")  # the broker lost it
+        store.clock = lambda: 10**10  # far in the future: every deadline passed
+        rescuer = Rescuer(runtime(app), "test")
+        rescuer.policy = SweepPolicy(0.1, 1, 100)
+        assert rescuer.sweep_once() == 1
+        message = conn.SimpleQueue("lostq").get(timeout=1)
+        assert message.headers["id"] == handle.id
+        assert message.headers["reliable_key"] == store.get_record(handle.id, message.headers["reliable_key"]).key  # type: ignore[union-attr]
+        assert json.loads(message.body)[0] == [5]
