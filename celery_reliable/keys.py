@@ -17,20 +17,22 @@ import hashlib
 import inspect
 import string
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
 from celery_reliable.errors import IdempotencyKeyError, UnpersistableTask
 
-KeySource = Union[str, Callable[..., str], None]
+KeySource = str | Callable[..., str] | None
 
 MAX_KEY_LENGTH = 512
 _FORMATTER = string.Formatter()
 
 
-def bind_arguments(fun: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def bind_arguments(
+    fun: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
     """Map a call's arguments to the function's parameter names, defaults applied."""
     try:
         signature = inspect.signature(fun)

@@ -221,7 +221,8 @@ def _validated(values: Mapping[str, Any], per_task_only: bool = False) -> dict[s
         f = known.get(name)
         if f is None or (per_task_only and not f.metadata["per_task"]):
             raise ConfigurationError(f"unknown setting {PREFIX}{name}{_suggest(name, known)}")
-        out[name] = value if value is None and f.default is None else f.metadata["check"](name, value)
+        nullable = value is None and f.default is None
+        out[name] = value if nullable else f.metadata["check"](name, value)
     return out
 
 

@@ -114,7 +114,7 @@ class ReliableTask(Task):  # type: ignore[misc]
         if "idempotency_key" in cls.__dict__ and not isinstance(source, _CurrentKey):
             if isinstance(source, staticmethod):
                 source = source.__func__
-            elif _is_method(source):
+            elif source is not None and _is_method(source):
                 # ``def idempotency_key(self, order_id)`` in a subclass: called on the task
                 source = _MethodKey(source)
             cls.key_source = source
@@ -411,12 +411,12 @@ class ReliableTask(Task):  # type: ignore[misc]
             self._dead_letter(key, "key_conflict", error)
             raise error
         if claim.status is ClaimStatus.LOST_TOO_OFTEN:
-            error = TaskLostTooOften(
+            lost = TaskLostTooOften(
                 f"{self.name}[{request.id}] with key {key!r} died with its worker {claim.lost} "
                 "times (out of memory? a crashing library?); dead-lettered, not run again"
             )
-            self._dead_letter(key, "worker_lost", error)
-            raise error
+            self._dead_letter(key, "worker_lost", lost)
+            raise lost
         return self._busy(claim, key, settings)
 
     def _busy(self, claim: Claim, key: str, settings: Settings) -> Any:
@@ -488,7 +488,7 @@ def _run_signature_target(cls: type[Task]) -> Callable[..., Any]:
     """``run`` as called on an instance: without ``self`` when it is a plain method."""
     run = inspect.getattr_static(cls, "run")
     if isinstance(run, staticmethod):
-        return run.__func__  # type: ignore[no-any-return]
+        return run.__func__
     if isinstance(run, types.FunctionType):
         params = list(inspect.signature(run).parameters.values())[1:]
 

@@ -33,7 +33,9 @@ class Server:
     def require(self) -> str:
         """The server's URL, or skip (locally) / fail (CI) naming how to start it."""
         if not self.reachable():
-            message = f"{self.name} is not running on {self.host}:{self.port}; start it: {self.start}"
+            message = (
+                f"{self.name} is not running on {self.host}:{self.port}; start it: {self.start}"
+            )
             if IN_CI:
                 pytest.fail(f"CI=true and {message}", pytrace=False)
             pytest.skip(message)

@@ -134,7 +134,7 @@ class SweepPolicy:
 
     def next_delay(self, rescues: int) -> float:
         """rescue_after doubled per previous rescue, capped: a backlog is not flooded."""
-        return min(self.rescue_after * (2 ** min(rescues, 30)), self.backoff_cap)
+        return float(min(self.rescue_after * 2.0 ** min(rescues, 30), self.backoff_cap))
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, TypeVar
@@ -220,7 +220,7 @@ class RedisStore(Store):
                 [f"{tag}:t:", policy.limit, _ms(policy.rescue_after), _ms(policy.backoff_cap)],
             )
             for task_id, *values in rows:
-                taken.append(_record(task_id, dict(zip(_RECORD_FIELDS, values))))
+                taken.append(_record(task_id, dict(zip(_RECORD_FIELDS, values, strict=True))))
         return taken
 
     # -- inspection --------------------------------------------------------------
@@ -248,9 +248,9 @@ class RedisStore(Store):
         for shard in range(self.shards):
             tag = f"{{{self.prefix}:{shard}}}"
             for task_id in self.client.zrevrange(f"{tag}:dead", 0, limit - 1):
-                values = self.client.hgetall(f"{tag}:t:{task_id}")
+                values = self.client.hgetall(f"{tag}:t:{task_id!s}")
                 if values:
-                    out.append(_record(task_id, values))
+                    out.append(_record(str(task_id), values))
         out.sort(key=lambda r: r.dead_at or 0, reverse=True)
         return out[:limit]
 
@@ -272,7 +272,7 @@ class RedisStore(Store):
         self.client.connection_pool.reset()
 
 
-def _record(task_id: str, v: dict[str, Any]) -> TaskRecord:
+def _record(task_id: str, v: Mapping[Any, Any]) -> TaskRecord:
     return TaskRecord(
         task_id=task_id,
         name=v.get("name") or "",

@@ -80,7 +80,7 @@ class Heartbeat:
                     "comes back", len(leases), exc, seconds,
                 )
                 continue
-            for lease, ok in zip(leases, owned):
+            for lease, ok in zip(leases, owned, strict=True):
                 if not ok:
                     self.runtime.count("lease_lost")
                     logger.error(

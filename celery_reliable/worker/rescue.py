@@ -103,7 +103,9 @@ class Rescuer:
                 record.name, args, kwargs, task_id=record.task_id, add_to_parent=False,
                 **options,
             )
-        except Exception as exc:  # broker down: the deadline moved, the next sweep retries
+        # kombu raises many types when the broker is down; the deadline already moved,
+        # so the next sweep retries: log, count, go on with the other records.
+        except Exception as exc:  # noqa: BLE001
             self.runtime.count("rescue_publish_error")
             logger.error("could not republish %s[%s]: %s", record.name, record.task_id, exc)
             return

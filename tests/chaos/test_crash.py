@@ -48,7 +48,7 @@ def test_sigkill_mid_body_completes_exactly_once(
     elapsed = time.monotonic() - killed_at
     assert recovered <= RECOVERY_BOUND, f"recovery took {recovered:.1f} s"
     assert shop.counter.get("effect", 1) == 1, "the effect happened twice"
-    print(f"\nrecovery after SIGKILL on {broker}/{store}: {recovered:.1f} s ({elapsed:.1f} s total)")
+    print(f"\nrecovery after SIGKILL on {broker}/{store}: {recovered:.1f} s ({elapsed:.1f} s)")
 
 
 def test_task_that_kills_its_worker_is_dead_lettered(make_shop: Callable[..., Shop]) -> None:

@@ -22,7 +22,8 @@ def test_values_are_coerced_from_environment_strings() -> None:
 
 
 def test_typo_names_the_setting_and_suggests() -> None:
-    with pytest.raises(ConfigurationError, match="reliable_lease_second.*did you mean reliable_lease_seconds"):
+    expected = r"reliable_lease_second.*did you mean reliable_lease_seconds"
+    with pytest.raises(ConfigurationError, match=expected):
         from_conf({"reliable_lease_second": 10})
 
 
