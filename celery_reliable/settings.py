@@ -210,6 +210,14 @@ def rows() -> Iterator[tuple[str, Any, str, bool]]:
         yield PREFIX + f.name, f.default, f.metadata["doc"], f.metadata["per_task"]
 
 
+def markdown_table() -> str:
+    """The settings table of ``docs/settings.md`` (a test keeps the page in sync)."""
+    lines = ["| setting | default | per task | what it does |", "|---|---|---|---|"]
+    for name, default, doc, per_task in rows():
+        lines.append(f"| `{name}` | `{default!r}` | {'yes' if per_task else ''} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
 def per_task_names() -> frozenset[str]:
     return frozenset(f.name for f in fields(Settings) if f.metadata["per_task"])
 

@@ -1,0 +1,42 @@
+"""The checks a reviewer would run: lint, types, and docs generated from the code."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from celery_reliable.settings import markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        pytest.fail(f"{name} is not installed; pip install -e '.[test]'")
+    return path
+
+
+def test_ruff() -> None:
+    result = subprocess.run(
+        [_tool("ruff"), "check", "celery_reliable", "tests", "bench", "examples"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict() -> None:
+    result = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_settings_page_matches_the_settings_table() -> None:
+    page = (ROOT / "docs" / "settings.md").read_text()
+    assert markdown_table() in page, (
+        "docs/settings.md is out of date: paste the output of "
+        "`python -c 'from celery_reliable.settings import markdown_table as t; print(t())'`"
+    )
