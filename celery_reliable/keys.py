@@ -13,6 +13,7 @@ keys: stable across processes and machines (never Python's ``hash()``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import string
@@ -34,9 +35,8 @@ def bind_arguments(
     fun: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Map a call's arguments to the function's parameter names, defaults applied."""
-    try:
-        signature = inspect.signature(fun)
-    except (TypeError, ValueError):  # builtins, C functions: fall back to the raw call
+    signature = _signature(fun)
+    if signature is None:  # builtins, C functions: fall back to the raw call
         return {**{str(i): a for i, a in enumerate(args)}, **kwargs}
     try:
         bound = signature.bind(*args, **kwargs)
@@ -50,6 +50,15 @@ def bind_arguments(
         if param.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
             arguments.update(arguments.pop(name))
     return arguments
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(fun: Callable[..., Any]) -> inspect.Signature | None:
+    """Signatures are computed once per task: this runs on every publish."""
+    try:
+        return inspect.signature(fun)
+    except (TypeError, ValueError):
+        return None
 
 
 def canonical(arguments: Mapping[str, Any]) -> str:

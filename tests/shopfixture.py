@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -50,7 +51,17 @@ class Shop:
             conn.default_channel.queue_purge(queue)
 
     def unacked(self) -> int:
-        """Messages the broker still holds for a consumer (Redis transport)."""
+        """Messages delivered to a consumer and not acknowledged (Redis and RabbitMQ)."""
+        if self.broker == "rabbitmq":
+            out = subprocess.run(
+                ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+                capture_output=True, text=True, check=True, timeout=60,
+            ).stdout
+            for line in out.splitlines():
+                name, _, count = line.partition("\t")
+                if name == self.env["TEST_QUEUE"]:
+                    return int(count)
+            return 0
         import redis
 
         client = redis.Redis.from_url(self.env["TEST_BROKER_URL"])

@@ -42,7 +42,9 @@ def test_sigkill_mid_body_completes_exactly_once(
         assert handle.get(timeout=30) == 1
         # Let the broker hand back the killed worker's copy (Redis: visibility_timeout=6)
         # and see it absorbed, not run.
-        if broker == "redis":
+        # (kombu's SQLAlchemy transport never gives a taken message back: its row of the
+        # killed delivery stays invisible, which is why the rescuer exists.)
+        if broker in ("redis", "rabbitmq"):
             wait_for(lambda: shop.unacked() == 0, 30, "the stale copy to be acked")
         wait_for(lambda: shop.store.pending_count() == 0, 30, "the task record to clear")
     elapsed = time.monotonic() - killed_at
