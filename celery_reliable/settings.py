@@ -154,6 +154,30 @@ class Settings:
         "Largest JSON result kept with a completed key; skipped copies return it.",
         _number(0, integer=True),
     )
+    max_attempts: int = setting(
+        5,
+        "Attempts of a task failing with transient errors before it is dead-lettered with "
+        "reason 'attempts_exhausted' (the first run counts).",
+        _number(1, integer=True),
+        per_task=True,
+    )
+    retry_backoff_base: float = setting(
+        1.0,
+        "Backoff before the second attempt; doubled per attempt, drawn with full jitter "
+        "(uniform between 0 and the doubled value).",
+        _number(0),
+        per_task=True,
+    )
+    retry_backoff_cap: float = setting(
+        300.0, "Upper bound of the retry backoff.", _number(0), per_task=True
+    )
+    retry_unclassified: str = setting(
+        "retry",
+        "An exception neither in retry_on, permanent_on nor decided by retry_classifier: "
+        "'retry' (bounded by max_attempts) or 'fail' (dead-letter at once).",
+        _choice("retry", "fail"),
+        per_task=True,
+    )
     rescue_enabled: bool = setting(
         True, "Run the rescuer in every worker (one sweeper at a time).", _bool
     )

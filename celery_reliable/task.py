@@ -53,6 +53,7 @@ from celery_reliable.errors import (
     TaskInFlight,
 )
 from celery_reliable.records import encode
+from celery_reliable.retry.policy import Classifier, RetryPolicy, Verdict
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.settings import Settings, per_task_names
 from celery_reliable.stores.base import Claim, ClaimStatus, Lease, PublishStatus
@@ -99,12 +100,22 @@ class ReliableTask(Task):  # type: ignore[misc]
     key_source: ClassVar[Any] = None
     idempotency_key: Any = _CurrentKey()
 
+    #: transient exception types (retried with backoff), and permanent ones (never retried)
+    retry_on: Sequence[type[BaseException]] = ()
+    permanent_on: Sequence[type[BaseException]] = ()
+    #: optional ``classify(exc) -> True (transient) | False (permanent) | None (no opinion)``
+    retry_classifier: Classifier | None = None
+
     lease_seconds: float | None = None
     retention: float | None = None
     max_lost_attempts: int | None = None
     persist_on_publish: bool | None = None
     dedupe_on_publish: bool | None = None
     on_key_conflict: str | None = None
+    max_attempts: int | None = None
+    retry_backoff_base: float | None = None
+    retry_backoff_cap: float | None = None
+    retry_unclassified: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -307,8 +318,7 @@ class ReliableTask(Task):  # type: ignore[misc]
                 self._dead_letter(key, "rejected", exc)
             raise
         except Exception as exc:
-            self._release(key, owner, requeued=False)
-            self._dead_letter(key, "failed", exc)
+            self._after_failure(key, owner, exc, settings)
             raise
         except BaseException:
             # Shutdown or a time limit: the message is not acknowledged, so it is
@@ -319,6 +329,39 @@ class ReliableTask(Task):  # type: ignore[misc]
             heartbeat.untrack(owner)
         self._complete(key, fingerprint, owner, result, settings)
         return result
+
+    def retry_policy(self, settings: Settings | None = None) -> RetryPolicy:
+        """The task's retry policy: its ``retry_on``/``permanent_on``/``retry_classifier``
+        with the (per-task) ``reliable_max_attempts`` and backoff settings."""
+        settings = settings or self.reliable_settings()
+        return RetryPolicy(
+            max_attempts=settings.max_attempts,
+            backoff_base=settings.retry_backoff_base,
+            backoff_cap=settings.retry_backoff_cap,
+            unclassified=settings.retry_unclassified,
+            retry_on=tuple(self.retry_on),
+            permanent_on=tuple(self.permanent_on),
+            classify=self.retry_classifier,
+        )
+
+    def _after_failure(
+        self, key: str, owner: str, exc: Exception, settings: Settings
+    ) -> None:
+        """Retry a transient failure later, or dead-letter it; returns only to re-raise."""
+        attempt = (self.request.retries or 0) + 1
+        decision = self.retry_policy(settings).decide(exc, attempt)
+        if decision.verdict is Verdict.RETRY:
+            retry = self._republish(decision.delay, exc=exc, next_attempt=True)
+            self._release(key, owner, requeued=True)
+            self.reliable.count("retried")
+            logger.info(
+                "%s[%s] attempt %d of %d failed (%s: %s); retrying in %.1f s",
+                self.name, self.request.id, attempt, settings.max_attempts,
+                type(exc).__name__, exc, decision.delay,
+            )
+            raise retry from exc
+        self._release(key, owner, requeued=False)
+        self._dead_letter(key, decision.reason, exc)
 
     def _complete(
         self, key: str, fingerprint: str, owner: str, result: Any, settings: Settings
@@ -454,20 +497,41 @@ class ReliableTask(Task):  # type: ignore[misc]
         return self._defer(delay, "store unavailable")
 
     def _defer(self, countdown: float, reason: str) -> Any:
-        """Publish this task again (same id, key and attempt count) later; ack this copy."""
+        """Publish this task again later without using an attempt; ack this copy."""
+        retry = self._republish(countdown)
+        self.reliable.count("deferred")
+        logger.info("%s[%s] deferred %.1f s: %s", self.name, self.request.id, countdown, reason)
+        raise retry
+
+    def _republish(
+        self, countdown: float, exc: BaseException | None = None, next_attempt: bool = False
+    ) -> Retry:
+        """Publish this task again (same id and key) in ``countdown`` seconds.
+
+        Returns the ``Retry`` to raise, so the current message is acknowledged only
+        after its successor is on the broker.  ``next_attempt`` counts an attempt
+        (a retry); otherwise the attempt count is kept (a deferral).
+        """
         request = self.request
-        signature = self.signature_from_request(request, countdown=countdown)
+        options: dict[str, Any] = {"countdown": countdown}
         headers = dict(request.headers or {})
-        headers[HEADER_DEFERS] = self._defers() + 1
+        if next_attempt:
+            options["retries"] = (request.retries or 0) + 1
+            headers.pop(HEADER_DEFERS, None)
+        else:
+            headers[HEADER_DEFERS] = self._defers() + 1
+        signature = self.signature_from_request(request, **options)
         signature.options["headers"] = headers
+        if request.is_eager:  # apply() runs the signature again at once
+            return Retry(exc=exc, when=countdown, is_eager=True, sig=signature)
         try:
             signature.apply_async()
-        except Exception as exc:  # the broker is down too: let it redeliver this copy
-            logger.error("%s[%s] could not be deferred (%s); requeued", self.name, request.id, exc)
-            raise Reject(exc, requeue=True) from exc
-        self.reliable.count("deferred")
-        logger.info("%s[%s] deferred %.1f s: %s", self.name, request.id, countdown, reason)
-        raise Retry(f"deferred: {reason}", when=countdown)
+        except Exception as err:  # the broker is down too: let it redeliver this copy
+            logger.error(
+                "%s[%s] could not be published again (%s); requeued", self.name, request.id, err
+            )
+            raise Reject(err, requeue=True) from err
+        return Retry(exc=exc, when=countdown, sig=signature)
 
 
 def _is_method(source: Any) -> bool:

@@ -58,11 +58,12 @@ def check(ctx: click.Context, as_json: bool) -> None:
     from celery_reliable.task import ReliableTask
 
     reliable = sorted(name for name, t in app.tasks.items() if isinstance(t, ReliableTask))
+    recovery = apply_defaults(app, rt.settings, [app.tasks[n] for n in reliable])
     report = {
         "store": rt.settings.store_url,
         "pending_records": pending,
         "reliable_tasks": reliable,
-        "recovery": apply_defaults(app, rt.settings, [app.tasks[n] for n in reliable]),
+        "recovery": recovery,
         "settings": {name: getattr(rt.settings, name[len("reliable_"):]) for name, *_ in rows()},
     }
     if as_json:
@@ -70,5 +71,5 @@ def check(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(f"store: {report['store']} (reachable, {pending} task records in flight)")
     click.echo(f"reliable tasks: {', '.join(reliable) or 'none registered'}")
-    for line in report["recovery"]:
+    for line in recovery:
         click.echo(line)

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from celery_reliable import ReliableTask
+from celery_reliable import PermanentError, ReliableTask
 
 COUNTER_URL = "redis://127.0.0.1:6379/13"
 
@@ -61,6 +61,7 @@ def build(env: Mapping[str, str]) -> Celery:
         reliable_rescue_after=float(env.get("TEST_RESCUE_AFTER", "4")),
         reliable_max_lost_attempts=int(env.get("TEST_MAX_LOST", "3")),
         reliable_store_down_retry_delay=float(env.get("TEST_STORE_DOWN_DELAY", "0.5")),
+        reliable_retry_backoff_base=float(env.get("TEST_BACKOFF", "0.2")),
     )
     if env.get("TEST_VISIBILITY_TIMEOUT"):
         app.conf.broker_transport_options = {
@@ -98,6 +99,21 @@ def build(env: Mapping[str, str]) -> Celery:
         while time.monotonic() < deadline:
             time.sleep(0.05)
         return counter.incr("effect", order_id)
+
+    @app.task(name="shop.flaky_send", shared=False, base=ReliableTask, bind=True,
+              idempotency_key="flaky:{order_id}", retry_on=(ConnectionError,))
+    def flaky_send(self: ReliableTask, order_id: int, failures: int) -> int:
+        """Fails with a transient error ``failures`` times, then counts the effect."""
+        if counter.incr("start", order_id) <= failures:
+            raise ConnectionError("smtp timed out")
+        counter.incr("effect", order_id)
+        return int(self.request.retries) + 1
+
+    @app.task(name="shop.reject_input", shared=False, base=ReliableTask,
+              idempotency_key="reject:{order_id}")
+    def reject_input(order_id: int) -> None:
+        counter.incr("start", order_id)
+        raise PermanentError(f"order {order_id} has no e-mail address")
 
     @app.task(name="shop.kill_own_worker", shared=False, base=ReliableTask,
               idempotency_key="crash:{order_id}")

@@ -14,6 +14,7 @@ from celery_reliable import (
     ConfigurationError,
     IdempotencyKeyConflict,
     IdempotencyKeyError,
+    PermanentError,
     ReliableTask,
     StoreUnavailable,
     UnpersistableTask,
@@ -70,23 +71,60 @@ def test_direct_call_is_a_plain_function_call(app: Celery) -> None:
     assert runtime(app).counters["deduplicated"] == 0
 
 
-def test_failure_releases_the_key_and_records_a_dead_letter(app: Celery) -> None:
+def test_permanent_failure_releases_the_key_and_records_a_dead_letter(app: Celery) -> None:
     attempts = []
 
     @app.task(base=ReliableTask, idempotency_key="flaky:{n}", shared=False)
     def flaky(n: int) -> str:
         attempts.append(n)
         if len(attempts) == 1:
-            raise ValueError("mailer said no")
+            raise PermanentError("mailer said no")
         return "ok"
 
-    with pytest.raises(ValueError):
+    with pytest.raises(PermanentError):
         flaky.apply((1,), throw=True)
     store = runtime(app).store
     assert store.get_key("flaky:1") is None  # released: a replay can run
     [letter] = store.dead_letters()
-    assert letter.reason == "failed" and "mailer said no" in (letter.error or "")
+    assert letter.reason == "permanent_error" and "mailer said no" in (letter.error or "")
     assert flaky.apply((1,)).get() == "ok"
+    assert attempts == [1, 1]
+
+
+def test_transient_failures_are_retried_then_succeed_once(app: Celery) -> None:
+    app.conf.reliable_retry_backoff_base = 0
+    effects: list[int] = []
+    attempts: list[int] = []
+
+    @app.task(base=ReliableTask, bind=True, retry_on=(ConnectionError,), shared=False)
+    def send(self: ReliableTask, n: int) -> int:
+        attempts.append(self.request.retries + 1)
+        if len(attempts) <= 3:
+            raise ConnectionError("smtp timeout")
+        effects.append(n)
+        return self.request.retries + 1
+
+    assert send.apply((1,)).get() == 4
+    assert attempts == [1, 2, 3, 4] and effects == [1]
+    assert runtime(app).counters["retried"] == 3
+    assert send.apply((1,)).get() == 4  # done: skipped, the first result
+    assert effects == [1]
+
+
+def test_attempts_are_bounded(app: Celery) -> None:
+    app.conf.reliable_retry_backoff_base = 0
+    attempts: list[int] = []
+
+    @app.task(base=ReliableTask, bind=True, max_attempts=3, shared=False)
+    def down(self: ReliableTask) -> None:
+        attempts.append(self.request.retries + 1)
+        raise TimeoutError("still down")
+
+    result = down.apply()
+    assert isinstance(result.result, TimeoutError)
+    assert attempts == [1, 2, 3]
+    [letter] = runtime(app).store.dead_letters()
+    assert letter.reason == "attempts_exhausted"
 
 
 def test_per_task_key_callable_and_subclass(app: Celery) -> None:

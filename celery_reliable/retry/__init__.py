@@ -1,0 +1,1 @@
+"""Bounded retries: the policy (classification, backoff), budgets and breakers."""
