@@ -178,6 +178,19 @@ class Settings:
         _choice("retry", "fail"),
         per_task=True,
     )
+    default_time_limit: float = setting(
+        1800.0,
+        "Hard time limit given to a reliable task that has none (neither the task's "
+        "time_limit nor task_time_limit): a hung body must end so its task can be retried. "
+        "Enforced by the prefork pool.",
+        _number(1),
+    )
+    default_soft_time_limit: float = setting(
+        1740.0,
+        "Soft time limit given to a reliable task that has none; SoftTimeLimitExceeded "
+        "is a transient failure (retried).",
+        _number(1),
+    )
     rescue_enabled: bool = setting(
         True, "Run the rescuer in every worker (one sweeper at a time).", _bool
     )
@@ -280,6 +293,11 @@ def from_conf(conf: Mapping[str, Any]) -> Settings:
 
 
 def _check_consistency(s: Settings) -> None:
+    if s.default_soft_time_limit >= s.default_time_limit:
+        raise ConfigurationError(
+            f"{PREFIX}default_soft_time_limit ({s.default_soft_time_limit}) must be below "
+            f"{PREFIX}default_time_limit ({s.default_time_limit}), so the body can clean up"
+        )
     if s.rescue_backoff_cap < s.rescue_after:
         raise ConfigurationError(
             f"{PREFIX}rescue_backoff_cap ({s.rescue_backoff_cap}) is below "

@@ -106,6 +106,10 @@ class ReliableTask(Task):  # type: ignore[misc]
     #: optional ``classify(exc) -> True (transient) | False (permanent) | None (no opinion)``
     retry_classifier: Classifier | None = None
 
+    #: seconds after publishing by which the task must have started, else it is
+    #: dead-lettered with reason ``expired`` (sets Celery's ``expires`` per call)
+    deadline: float | None = None
+
     lease_seconds: float | None = None
     retention: float | None = None
     max_lost_attempts: int | None = None
@@ -202,6 +206,8 @@ class ReliableTask(Task):  # type: ignore[misc]
             key, fingerprint = self.key_for(args, kwargs, per_call_key)
         headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
         task_id = task_id or str(uuid.uuid4())
+        if self.deadline is not None and options.get("expires") is None:
+            options["expires"] = self.deadline
         # A republish of the running task itself (retry, deferral) must go out.
         internal = task_id == self.request.id
         app = self._get_app()

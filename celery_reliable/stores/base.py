@@ -215,7 +215,11 @@ class Store(abc.ABC):
         self, task_id: str, key: str, reason: str, error: str | None,
         fallback: TaskRecord | None = None,
     ) -> None:
-        """Move the task's record to the dead letters (created from ``fallback`` if absent)."""
+        """Move the task's record to the dead letters (created from ``fallback`` if absent).
+
+        A key still ``queued`` or ``running`` for this task is forgotten, so the
+        producer no longer answers "in flight" with a task that will not run.
+        """
 
     # -- rescuer ---------------------------------------------------------------
     @abc.abstractmethod

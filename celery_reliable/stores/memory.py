@@ -183,6 +183,11 @@ class MemoryStore(Store):
         with self._lock:
             record = self._records.pop(task_id, None) or fallback
             self._due.pop(task_id, None)
+            current = self._key(key)
+            if current is not None and current.task_id == task_id and current.state in (
+                "queued", "running"
+            ):
+                del self._keys[key]
             if record is None:
                 record = TaskRecord(task_id, "", key, "", "", "", "", "{}")
             self._dead[task_id] = replace(

@@ -190,7 +190,7 @@ class RedisStore(Store):
         self, task_id: str, key: str, reason: str, error: str | None,
         fallback: TaskRecord | None = None,
     ) -> None:
-        _, record, due = self._names(key, task_id)
+        state, record, due = self._names(key, task_id)
         fields: list[Any] = []
         if fallback is not None:
             fields = [
@@ -200,7 +200,7 @@ class RedisStore(Store):
                 "pub", int(fallback.published_at * 1000), "resc", fallback.rescues,
             ]
         self._run(
-            "dead_letter", [record, due, f"{self._tag(key)}:dead"],
+            "dead_letter", [record, due, f"{self._tag(key)}:dead", state],
             [task_id, reason, error or "", *fields],
         )
 

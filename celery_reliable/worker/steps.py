@@ -13,7 +13,8 @@ from celery import Celery, bootsteps
 
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.runtime import runtime
-from celery_reliable.worker import transport
+from celery_reliable.worker import signals, transport
+from celery_reliable.worker.limits import apply_default_limits
 from celery_reliable.worker.rescue import Rescuer
 
 logger = logging.getLogger("celery_reliable")
@@ -29,6 +30,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         app = worker.app
         rt = runtime(app)  # raises ConfigurationError on a bad reliable_* setting
         reliable = [t for t in app.tasks.values() if _is_reliable(t)]
+        apply_default_limits(app, rt.settings, reliable)
         for line in transport.apply_defaults(app, rt.settings, reliable):
             logger.info("celery_reliable: %s", line)
         self.rescuer: Rescuer | None = None
@@ -61,5 +63,6 @@ def _is_reliable(task: Any) -> bool:
 
 
 def install(app: Celery) -> None:
-    """Add the worker bootstep to ``app`` (idempotent: steps are a set)."""
+    """Add the worker bootstep to ``app`` and connect the signal handlers (idempotent)."""
     app.steps["worker"].add(ReliableWorkerStep)
+    signals.connect()

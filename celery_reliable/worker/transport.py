@@ -6,15 +6,15 @@ deliver long-running and ETA tasks again while the first copy still holds them
 (celery/kombu#337).  Our rescuer bounds crash recovery by the claim's lease
 instead (``reliable_lease_seconds`` + ``reliable_rescue_interval``), so the
 broker's redelivery is only a backstop, and the safe choice is a timeout
-longer than any task may run: we set ``visibility_timeout`` to the longest
-hard time limit of the app's reliable tasks plus a margin, at least one hour,
-unless the user set it.
+longer than any message may be held: we set ``visibility_timeout`` to the
+longest hard time limit or retry backoff cap of the app's reliable tasks plus a
+margin, at least one hour, unless the user set it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -32,13 +32,18 @@ def is_redis_broker(app: Celery) -> bool:
     return url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
 
 
-def longest_time_limit(app: Celery, tasks: Iterable[Any]) -> float:
-    limits = [app.conf.task_time_limit or 0.0]
-    limits += [getattr(task, "time_limit", None) or 0.0 for task in tasks]
-    return float(max(limits))
+def longest_hold(app: Celery, settings: Settings, tasks: Sequence[Any]) -> float:
+    """The longest a worker may hold a message unacknowledged: a time limit, or a
+    retry's countdown (Redis delivers an ETA message again after visibility_timeout)."""
+    holds = [app.conf.task_time_limit or 0.0, settings.retry_backoff_cap]
+    for task in tasks:
+        holds.append(getattr(task, "time_limit", None) or 0.0)
+        cap = getattr(task, "retry_backoff_cap", None)
+        holds.append(cap if cap is not None else settings.retry_backoff_cap)
+    return float(max(holds))
 
 
-def apply_defaults(app: Celery, settings: Settings, tasks: Iterable[Any]) -> list[str]:
+def apply_defaults(app: Celery, settings: Settings, tasks: Sequence[Any]) -> list[str]:
     """Set transport defaults the user left unset; lines describing the recovery bound."""
     lines = []
     if settings.rescue_enabled:
@@ -53,7 +58,7 @@ def apply_defaults(app: Celery, settings: Settings, tasks: Iterable[Any]) -> lis
         options = dict(app.conf.broker_transport_options or {})
         if "visibility_timeout" not in options:
             options["visibility_timeout"] = max(
-                MIN_VISIBILITY_TIMEOUT, longest_time_limit(app, tasks) + MARGIN
+                MIN_VISIBILITY_TIMEOUT, longest_hold(app, settings, tasks) + MARGIN
             )
             app.conf.broker_transport_options = options
         timeout = float(options["visibility_timeout"])
@@ -62,11 +67,11 @@ def apply_defaults(app: Celery, settings: Settings, tasks: Iterable[Any]) -> lis
             + ("" if settings.rescue_enabled else "; the ONLY crash recovery: the rescuer is off")
             + ")"
         )
-        longest = longest_time_limit(app, tasks)
-        if longest and longest >= timeout:
+        longest = longest_hold(app, settings, tasks)
+        if longest >= timeout:
             logger.warning(
-                "a task's time limit (%g s) reaches the Redis visibility_timeout (%g s): Redis "
-                "will deliver it again while it runs; raise "
+                "a task's time limit or retry delay (%g s) reaches the Redis visibility_timeout "
+                "(%g s): Redis will deliver it again while the first copy is held; raise "
                 "broker_transport_options['visibility_timeout']", longest, timeout,
             )
     elif not settings.rescue_enabled:

@@ -244,6 +244,19 @@ def test_dead_letter_moves_record(any_store: Store) -> None:
     assert by_id["t-none"].name == "shop.send_receipt" and by_id["t-none"].error == "boom"
 
 
+def test_dead_letter_forgets_a_key_still_in_flight(any_store: Store) -> None:
+    rec = record("k")
+    any_store.publish(rec, 60, dedupe=True)
+    any_store.dead_letter(rec.task_id, "k", "expired", None)
+    assert any_store.get_key("k") is None
+    assert any_store.publish(record("k"), 60, dedupe=True).status is PublishStatus.NEW
+    # a key done by another task is left alone
+    any_store.claim("k2", FP, "t1", "a", 30, max_lost=3)
+    any_store.complete("k2", FP, "a", "t1", None, retention=60)
+    any_store.dead_letter("t2", "k2", "expired", None, fallback=record("k2", "t2"))
+    assert any_store.get_key("k2").state == "done"  # type: ignore[union-attr]
+
+
 def test_discard_drops_record(any_store: Store) -> None:
     rec = record("k")
     any_store.publish(rec, 60, dedupe=False)

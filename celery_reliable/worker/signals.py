@@ -1,0 +1,55 @@
+"""Celery signals that end a reliable task without running its body.
+
+Celery drops an expired task (``expires`` passed) or a revoked one before the
+body is called: it marks it REVOKED and acknowledges the message.  Without us
+its task record would be rescued again and again.  Here the record becomes a
+dead letter with reason ``expired`` or ``revoked``: visible, and never lost
+silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import task_revoked
+
+from celery_reliable.errors import StoreError
+
+logger = logging.getLogger("celery_reliable")
+
+
+def on_task_revoked(
+    sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
+    expired: bool = False, **_: Any,
+) -> None:
+    from celery_reliable.task import HEADER_KEY, ReliableTask
+
+    if not isinstance(sender, ReliableTask) or request is None:
+        return
+    headers = getattr(request, "headers", None) or {}
+    key = headers.get(HEADER_KEY)
+    if key is None:
+        return
+    reason = "expired" if expired else "revoked"
+    detail = f"expired at {request.expires}" if expired else (
+        f"revoked{' and terminated' if terminated else ''} by an operator"
+    )
+    rt = sender.reliable
+    try:
+        rt.store.dead_letter(request.id, key, reason, detail)
+    except StoreError as exc:
+        rt.count("store_error")
+        logger.error(
+            "%s[%s] %s, but the store could not record it (%s): the rescuer will find it",
+            sender.name, request.id, reason, exc,
+        )
+        return
+    rt.count(f"dead_lettered_{reason}")
+    logger.warning("%s[%s] dead-lettered (%s): %s", sender.name, request.id, reason, detail)
+
+
+def connect() -> None:
+    """Connect the handlers once per process (signals are process-wide; the handler
+    looks the app up from the task, so several apps are fine)."""
+    task_revoked.connect(on_task_revoked, dispatch_uid="celery_reliable.task_revoked", weak=False)
