@@ -16,6 +16,8 @@ import weakref
 from celery import Celery
 
 from celery_reliable.errors import ConfigurationError
+from celery_reliable.retry.breaker import Breakers
+from celery_reliable.retry.budget import BudgetMeter
 from celery_reliable.settings import Settings, from_conf
 from celery_reliable.stores import Store, open_store
 from celery_reliable.worker.heartbeat import Heartbeat
@@ -34,6 +36,8 @@ class Runtime:
         self.counters: collections.Counter[str] = collections.Counter()
         self._store: Store | None = None
         self._heartbeat: Heartbeat | None = None
+        self._budget: BudgetMeter | None = None
+        self._breakers: Breakers | None = None
         self._lock = threading.Lock()
 
     @property
@@ -54,6 +58,22 @@ class Runtime:
         return self._store
 
     @property
+    def budget(self) -> BudgetMeter:
+        if self._budget is None:
+            with self._lock:
+                if self._budget is None:
+                    self._budget = BudgetMeter(self)
+        return self._budget
+
+    @property
+    def breakers(self) -> Breakers:
+        if self._breakers is None:
+            with self._lock:
+                if self._breakers is None:
+                    self._breakers = Breakers(self)
+        return self._breakers
+
+    @property
     def heartbeat(self) -> Heartbeat:
         if self._heartbeat is None:
             with self._lock:
@@ -68,6 +88,8 @@ class Runtime:
     def close(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self._budget is not None:
+            self._budget.stop()
         if self._store is not None:
             self._store.close()
 

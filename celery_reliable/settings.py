@@ -178,6 +178,39 @@ class Settings:
         _choice("retry", "fail"),
         per_task=True,
     )
+    retry_budget_ratio: float = setting(
+        0.2,
+        "Retries allowed per first attempt over the budget window, per scope (the task's "
+        "dependency, else its name), shared by all workers.",
+        _number(0),
+        per_task=True,
+    )
+    retry_budget_floor: float = setting(
+        1.0,
+        "Retries per second always allowed per scope, so a quiet system can retry.",
+        _number(0),
+        per_task=True,
+    )
+    retry_budget_window: float = setting(
+        10.0, "Seconds of history the retry budget looks at.", _number(1), per_task=True
+    )
+    on_retry_budget_exhausted: str = setting(
+        "defer",
+        "A retry the budget refuses: 'defer' (published again after about one window, its "
+        "attempt not used) or 'dead_letter' (reason retry_budget_exhausted). Never dropped.",
+        _choice("defer", "dead_letter"),
+        per_task=True,
+    )
+    breaker_threshold: int = setting(
+        5,
+        "Consecutive transient failures of a dependency that open its circuit breaker.",
+        _number(1, integer=True),
+    )
+    breaker_cool_down: float = setting(
+        30.0,
+        "Seconds an open breaker defers tasks before one probe may try the dependency.",
+        _number(0.1),
+    )
     default_time_limit: float = setting(
         1800.0,
         "Hard time limit given to a reliable task that has none (neither the task's "

@@ -56,7 +56,7 @@ from celery_reliable.records import encode
 from celery_reliable.retry.policy import Classifier, RetryPolicy, Verdict
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.settings import Settings, per_task_names
-from celery_reliable.stores.base import Claim, ClaimStatus, Lease, PublishStatus
+from celery_reliable.stores.base import BreakerCheck, Claim, ClaimStatus, Lease, PublishStatus
 
 logger = logging.getLogger("celery_reliable")
 
@@ -70,6 +70,10 @@ _COMPLETE_TRIES = 5
 
 class TaskLostTooOften(ReliableError):
     """The task's runs died with their worker too often; it was dead-lettered."""
+
+
+class RetryBudgetExhausted(ReliableError):
+    """A retry was refused by the budget and dead-lettered (reliable_on_retry_budget_exhausted)."""
 
 
 class _CurrentKey:
@@ -106,6 +110,8 @@ class ReliableTask(Task):  # type: ignore[misc]
     #: optional ``classify(exc) -> True (transient) | False (permanent) | None (no opinion)``
     retry_classifier: Classifier | None = None
 
+    #: the external system the body calls: scope of the retry budget and circuit breaker
+    dependency: str | None = None
     #: seconds after publishing by which the task must have started, else it is
     #: dead-lettered with reason ``expired`` (sets Celery's ``expires`` per call)
     deadline: float | None = None
@@ -117,6 +123,10 @@ class ReliableTask(Task):  # type: ignore[misc]
     dedupe_on_publish: bool | None = None
     on_key_conflict: str | None = None
     max_attempts: int | None = None
+    retry_budget_ratio: float | None = None
+    retry_budget_floor: float | None = None
+    retry_budget_window: float | None = None
+    on_retry_budget_exhausted: str | None = None
     retry_backoff_base: float | None = None
     retry_backoff_cap: float | None = None
     retry_unclassified: str | None = None
@@ -284,6 +294,7 @@ class ReliableTask(Task):  # type: ignore[misc]
         settings = self.reliable_settings()
         owner = f"{request.hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         try:
+            breaker = self._gate(key, owner, settings)
             claim = self.reliable.store.claim(
                 key, fingerprint, request.id, owner, settings.lease_seconds,
                 settings.max_lost_attempts,
@@ -298,12 +309,47 @@ class ReliableTask(Task):  # type: ignore[misc]
                     "%d); running it again", self.name, request.id, key, claim.lost,
                     settings.max_lost_attempts,
                 )
-            return self._run_claimed(key, fingerprint, owner, args, kwargs, settings)
+            return self._run_claimed(key, fingerprint, owner, args, kwargs, settings, breaker)
         return self._not_claimed(claim, key, settings)
+
+    def _gate(self, key: str, owner: str, settings: Settings) -> BreakerCheck | None:
+        """Circuit breaker and retry budget, before the claim: defers or dead-letters
+        (raising) what may not run now; the breaker's answer when there is one."""
+        request = self.request
+        scope = self.dependency or self.name
+        breaker = None
+        if self.dependency is not None:
+            breaker = self.reliable.breakers.check(self.dependency, owner)
+            if not breaker.allowed:
+                self.reliable.count("deferred_breaker_open")
+                self._defer(
+                    breaker.wait + random.uniform(0.1, 1.0),
+                    f"circuit breaker of {self.dependency!r} is {breaker.state}",
+                )
+        if not request.retries:
+            self.reliable.budget.first_attempt(scope)
+        elif not self.reliable.store.budget_withdraw(
+            scope, settings.retry_budget_ratio, settings.retry_budget_floor,
+            settings.retry_budget_window,
+        ):
+            self.reliable.count("retry_budget_exhausted")
+            if settings.on_retry_budget_exhausted == "dead_letter" or request.is_eager:
+                error = RetryBudgetExhausted(
+                    f"{self.name}[{request.id}]: the retry budget of {scope!r} is spent "
+                    f"({settings.retry_budget_ratio:g} x first attempts + "
+                    f"{settings.retry_budget_floor:g}/s over {settings.retry_budget_window:g} s)"
+                )
+                self._dead_letter(key, "retry_budget_exhausted", error)
+                raise error
+            self._defer(
+                settings.retry_budget_window * random.uniform(0.5, 1.5),
+                f"retry budget of {scope!r} spent",
+            )
+        return breaker
 
     def _run_claimed(
         self, key: str, fingerprint: str, owner: str, args: tuple[Any, ...],
-        kwargs: dict[str, Any], settings: Settings,
+        kwargs: dict[str, Any], settings: Settings, breaker: BreakerCheck | None,
     ) -> Any:
         task_id = self.request.id
         store = self.reliable.store
@@ -324,6 +370,7 @@ class ReliableTask(Task):  # type: ignore[misc]
                 self._dead_letter(key, "rejected", exc)
             raise
         except Exception as exc:
+            self._report(breaker, exc)
             self._after_failure(key, owner, exc, settings)
             raise
         except BaseException:
@@ -333,8 +380,21 @@ class ReliableTask(Task):  # type: ignore[misc]
             raise
         finally:
             heartbeat.untrack(owner)
+        self._report(breaker, None)
         self._complete(key, fingerprint, owner, result, settings)
         return result
+
+    def _report(self, breaker: BreakerCheck | None, exc: Exception | None) -> None:
+        """Tell the dependency's breaker how the call went (transient failures count)."""
+        if breaker is None or self.dependency is None:
+            return
+        if exc is not None and not self.retry_policy().is_transient(exc):
+            return  # bad input says nothing about the dependency's health
+        name = self.dependency
+        self._quietly(
+            "report to the circuit breaker",
+            lambda: self.reliable.breakers.report(name, exc is None, breaker),
+        )
 
     def retry_policy(self, settings: Settings | None = None) -> RetryPolicy:
         """The task's retry policy: its ``retry_on``/``permanent_on``/``retry_classifier``

@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class ClaimStatus(str, enum.Enum):
@@ -137,13 +137,17 @@ class SweepPolicy:
         return float(min(self.rescue_after * 2.0 ** min(rescues, 30), self.backoff_cap))
 
 
-@dataclass
-class StoreStats:
-    """Counters a store keeps about itself (logged and exported, never swallowed)."""
+@dataclass(frozen=True)
+class BreakerCheck:
+    """What a circuit breaker says before a call to its dependency."""
 
-    errors: int = 0
-    fenced: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    allowed: bool
+    state: str
+    """closed | open | half_open (this caller holds the one probe) | probing (another does)."""
+    wait: float = 0.0
+    """Seconds until it is worth asking again (not allowed only)."""
+    failures: int = 0
+    """Consecutive failures counted so far."""
 
 
 class Store(abc.ABC):
@@ -235,6 +239,37 @@ class Store(abc.ABC):
         record for the same expiry; the record's state becomes ``queued`` (it
         waits for a worker again).  Returned records show the counter and the
         state *before* this sweep.
+        """
+
+    # -- retry budgets and circuit breakers (shared by every worker) -----------
+    @abc.abstractmethod
+    def budget_deposit(self, scope: str, first_attempts: int) -> None:
+        """Count first attempts in the current second of ``scope``'s budget."""
+
+    @abc.abstractmethod
+    def budget_withdraw(self, scope: str, ratio: float, floor: float, window: float) -> bool:
+        """Take one retry from ``scope``'s budget, atomically.
+
+        Allowed while the retries of the last ``window`` seconds stay below
+        ``ratio`` x the first attempts of that window + ``floor`` x ``window``
+        (Finagle's and gRPC's retry budgets); an allowed retry is counted.
+        """
+
+    @abc.abstractmethod
+    def breaker_check(self, name: str, owner: str, probe_ttl: float) -> BreakerCheck:
+        """May a call to dependency ``name`` go ahead?
+
+        Closed: yes.  Open: no, until its cool-down ends.  After the cool-down
+        one caller at a time gets a probe (``half_open``) for ``probe_ttl``.
+        """
+
+    @abc.abstractmethod
+    def breaker_report(self, name: str, ok: bool, threshold: int, cool_down: float) -> str:
+        """Report a call's outcome; the breaker's new state.
+
+        A success closes the breaker and resets the count; a failure counts, and
+        opens the breaker for ``cool_down`` seconds at ``threshold`` consecutive
+        failures, or at once when it was a half-open probe.
         """
 
     # -- inspection and lifecycle ---------------------------------------------

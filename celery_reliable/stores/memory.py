@@ -11,8 +11,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from celery_reliable.stores.base import (
+    BreakerCheck,
     Claim,
     ClaimStatus,
     KeyState,
@@ -38,6 +40,8 @@ class MemoryStore(Store):
         self._due: dict[str, float] = {}
         self._dead: dict[str, TaskRecord] = {}
         self._sweeper: tuple[str, float] | None = None
+        self._budget: dict[tuple[str, str, int], int] = {}  # (scope, f|r, second) -> count
+        self._breakers: dict[str, dict[str, Any]] = {}
 
     def _key(self, key: str) -> KeyState | None:
         entry = self._keys.get(key)
@@ -213,6 +217,49 @@ class MemoryStore(Store):
                 self._records[task_id] = replace(record, rescues=record.rescues + 1, state="queued")
                 self._due[task_id] = now + policy.next_delay(record.rescues)
             return taken
+
+    def budget_deposit(self, scope: str, first_attempts: int) -> None:
+        with self._lock:
+            slot = (scope, "f", int(self.clock()))
+            self._budget[slot] = self._budget.get(slot, 0) + first_attempts
+
+    def budget_withdraw(self, scope: str, ratio: float, floor: float, window: float) -> bool:
+        with self._lock:
+            now = int(self.clock())
+            seconds = range(now - int(window) + 1, now + 1)
+            firsts = sum(self._budget.get((scope, "f", s), 0) for s in seconds)
+            retries = sum(self._budget.get((scope, "r", s), 0) for s in seconds)
+            if retries >= ratio * firsts + floor * window:
+                return False
+            self._budget[(scope, "r", now)] = self._budget.get((scope, "r", now), 0) + 1
+            return True
+
+    def breaker_check(self, name: str, owner: str, probe_ttl: float) -> BreakerCheck:
+        with self._lock:
+            now = self.clock()
+            b = self._breakers.get(name)
+            if b is None or b["state"] == "closed":
+                return BreakerCheck(True, "closed", failures=b["failures"] if b else 0)
+            if now < b["open_until"]:
+                return BreakerCheck(False, "open", b["open_until"] - now, b["failures"])
+            if b["probe"] not in (None, owner) and b["probe_until"] > now:
+                return BreakerCheck(False, "probing", b["probe_until"] - now, b["failures"])
+            b["probe"], b["probe_until"] = owner, now + probe_ttl
+            return BreakerCheck(True, "half_open", failures=b["failures"])
+
+    def breaker_report(self, name: str, ok: bool, threshold: int, cool_down: float) -> str:
+        with self._lock:
+            b = self._breakers.setdefault(
+                name, {"state": "closed", "failures": 0, "open_until": 0.0, "probe": None,
+                       "probe_until": 0.0},
+            )
+            if ok:
+                b.update(state="closed", failures=0, probe=None)
+                return "closed"
+            b["failures"] += 1
+            if b["state"] == "open" or b["failures"] >= threshold:
+                b.update(state="open", open_until=self.clock() + cool_down, probe=None)
+            return str(b["state"])
 
     def get_key(self, key: str) -> KeyState | None:
         with self._lock:

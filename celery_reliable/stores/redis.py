@@ -30,6 +30,7 @@ from redis.commands.core import Script
 
 from celery_reliable.errors import StoreError, StoreUnavailable
 from celery_reliable.stores.base import (
+    BreakerCheck,
     Claim,
     ClaimStatus,
     KeyState,
@@ -95,7 +96,8 @@ class RedisStore(Store):
             name: self.client.register_script(common + _lua(name))
             for name in (
                 "publish", "lookup", "claim", "heartbeat", "complete", "release",
-                "dead_letter", "sweep", "sweeper",
+                "dead_letter", "sweep", "sweeper", "budget_deposit", "budget_withdraw",
+                "breaker_check", "breaker_report",
             )
         }
 
@@ -222,6 +224,36 @@ class RedisStore(Store):
             for task_id, *values in rows:
                 taken.append(_record(task_id, dict(zip(_RECORD_FIELDS, values, strict=True))))
         return taken
+
+    # -- retry budgets and circuit breakers ----------------------------------------
+    def _budget_base(self, scope: str) -> str:
+        return f"{{{self.prefix}:budget:{scope}}}:"
+
+    @_guarded
+    def budget_deposit(self, scope: str, first_attempts: int) -> None:
+        self._run("budget_deposit", [], [self._budget_base(scope), first_attempts, 60])
+
+    @_guarded
+    def budget_withdraw(self, scope: str, ratio: float, floor: float, window: float) -> bool:
+        return bool(
+            self._run("budget_withdraw", [], [self._budget_base(scope), ratio, floor,
+                                              int(window)])
+        )
+
+    @_guarded
+    def breaker_check(self, name: str, owner: str, probe_ttl: float) -> BreakerCheck:
+        allowed, state, wait, failures = self._run(
+            "breaker_check", [f"{{{self.prefix}:breaker:{name}}}"], [owner, _ms(probe_ttl)]
+        )
+        return BreakerCheck(bool(allowed), state, int(wait) / 1000, int(failures))
+
+    @_guarded
+    def breaker_report(self, name: str, ok: bool, threshold: int, cool_down: float) -> str:
+        state = self._run(
+            "breaker_report", [f"{{{self.prefix}:breaker:{name}}}"],
+            ["1" if ok else "0", threshold, _ms(cool_down)],
+        )
+        return str(state)
 
     # -- inspection --------------------------------------------------------------
     @_guarded

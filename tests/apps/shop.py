@@ -62,6 +62,11 @@ def build(env: Mapping[str, str]) -> Celery:
         reliable_max_lost_attempts=int(env.get("TEST_MAX_LOST", "3")),
         reliable_store_down_retry_delay=float(env.get("TEST_STORE_DOWN_DELAY", "0.5")),
         reliable_retry_backoff_base=float(env.get("TEST_BACKOFF", "0.2")),
+        reliable_retry_budget_ratio=float(env.get("TEST_BUDGET_RATIO", "0.2")),
+        reliable_retry_budget_floor=float(env.get("TEST_BUDGET_FLOOR", "1")),
+        reliable_on_retry_budget_exhausted=env.get("TEST_BUDGET_EXHAUSTED", "defer"),
+        reliable_breaker_threshold=int(env.get("TEST_BREAKER_THRESHOLD", "5")),
+        reliable_breaker_cool_down=float(env.get("TEST_BREAKER_COOL_DOWN", "30")),
     )
     if env.get("TEST_VISIBILITY_TIMEOUT"):
         app.conf.broker_transport_options = {
@@ -114,6 +119,21 @@ def build(env: Mapping[str, str]) -> Celery:
     def reject_input(order_id: int) -> None:
         counter.incr("start", order_id)
         raise PermanentError(f"order {order_id} has no e-mail address")
+
+    @app.task(name="shop.always_failing", shared=False, base=ReliableTask,
+              idempotency_key="down:{order_id}", retry_on=(ConnectionError,))
+    def always_failing(order_id: int) -> None:
+        counter.incr("start", order_id)
+        raise ConnectionError("the dependency is down")
+
+    @app.task(name="shop.call_smtp", shared=False, base=ReliableTask, dependency="smtp",
+              idempotency_key="smtp:{order_id}", retry_on=(ConnectionError,), max_attempts=20)
+    def call_smtp(order_id: int) -> int:
+        """Fails while the test's 'smtp is down' flag is set."""
+        counter.incr("start", order_id)
+        if counter.client.exists(f"{prefix}:smtp_down"):
+            raise ConnectionError("smtp is down")
+        return counter.incr("effect", order_id)
 
     @app.task(name="shop.kill_own_worker", shared=False, base=ReliableTask,
               idempotency_key="crash:{order_id}")

@@ -288,3 +288,30 @@ def test_concurrent_claims_admit_one_owner(any_store: Store, n: int) -> None:
         t.join()
     assert statuses.count(ClaimStatus.CLAIMED) == 1
     assert set(statuses) == {ClaimStatus.CLAIMED, ClaimStatus.BUSY}
+
+
+def test_budget_caps_retries_by_first_attempts(any_store: Store) -> None:
+    any_store.budget_deposit("mailer", 10)
+    # 20% of 10 first attempts + a floor of 0.1/s over 10 s = 3 retries
+    granted = [any_store.budget_withdraw("mailer", 0.2, 0.1, 10) for _ in range(6)]
+    assert granted == [True, True, True, False, False, False]
+    assert any_store.budget_withdraw("other", 0.2, 0.1, 10)  # scopes are separate
+    any_store.budget_deposit("mailer", 5)
+    assert any_store.budget_withdraw("mailer", 0.2, 0.1, 10)
+
+
+def test_breaker_opens_probes_and_closes(any_store: Store) -> None:
+    assert any_store.breaker_check("smtp", "w1", 5).state == "closed"
+    assert any_store.breaker_report("smtp", False, threshold=2, cool_down=0.3) == "closed"
+    assert any_store.breaker_report("smtp", False, threshold=2, cool_down=0.3) == "open"
+    check = any_store.breaker_check("smtp", "w1", 5)
+    assert not check.allowed and check.state == "open" and 0 < check.wait <= 0.3
+    wait_until(lambda: any_store.breaker_check("smtp", "w1", 5).allowed)
+    probing = any_store.breaker_check("smtp", "w2", 5)
+    assert not probing.allowed and probing.state == "probing"  # one probe at a time
+    # the probe fails: open again for a full cool-down
+    assert any_store.breaker_report("smtp", False, threshold=2, cool_down=0.3) == "open"
+    assert not any_store.breaker_check("smtp", "w2", 5).allowed
+    wait_until(lambda: any_store.breaker_check("smtp", "w2", 5).state == "half_open")
+    assert any_store.breaker_report("smtp", True, threshold=2, cool_down=0.3) == "closed"
+    assert any_store.breaker_check("smtp", "w1", 5).failures == 0
