@@ -289,7 +289,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` unless the store answers and its schema is current."""
+        """Raise :class:`StoreUnavailable` if the store does not answer, and
+        :class:`StoreError` if its schema is missing or outdated (a retry cannot fix
+        that: run ``celery -A app reliable-store migrate``)."""
 
     def migrate(self) -> None:
         """Create or upgrade the schema (SQL). A no-op where there is no schema."""

@@ -1,0 +1,285 @@
+"""The SQL store's schema, explicit and versioned.
+
+:func:`schema` describes the newest tables for a prefix; :data:`STEPS` is the
+ordered, append-only list of changes that lead there.  :func:`upgrade` applies
+the steps a database lacks and records each in ``<prefix>_schema_version``.
+Only ``SQLStore.migrate()`` (``celery -A <app> reliable-store migrate``) calls
+it: a deploy decides when the schema changes, never a worker's first call.
+
+Adding version N: append ``Step(N, ...)`` whose ``apply`` issues the DDL of that
+change alone, and update :func:`schema`.  Never edit a released step: databases
+already past it will not run it again.  Step 1 creates its tables from
+:func:`schema`; before a later step alters one of them, freeze step 1's copy.
+
+Tables, for prefix ``p``:
+
+``p_keys``
+    one row per idempotency key (its state, lease, result); ``expires_at`` is set
+    only for done keys, and an expired row counts as absent.
+``p_tasks``
+    one row per task record; ``deadline`` (NULL once dead-lettered) is indexed
+    for the rescue sweep, ``dead_at`` for listing dead letters.
+``p_sweeper``
+    a single row: the one-sweeper-at-a-time lease (seeded here, so taking it is
+    one conditional UPDATE).
+``p_budget``
+    retry-budget counters, one row per scope and second (first attempts and
+    retries); the row at second 0 is the scope's lock, on which withdrawals
+    serialize.
+``p_breakers``
+    one row per circuit breaker.
+``p_schema_version``
+    one row per applied step.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Dialect,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    inspect,
+    select,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.schema import SchemaItem
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from celery_reliable.errors import StoreError
+
+SWEEPER_ROW = "sweeper"
+#: Seconds ``upgrade`` waits on MariaDB/MySQL for another process's migration.
+LOCK_WAIT = 60
+
+_MYSQL = ("mysql", "mariadb")
+_MYSQL_OPTIONS = (("engine", "InnoDB"), ("charset", "utf8mb4"))
+_LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), *_MYSQL)
+
+
+class ExactString(TypeDecorator[str]):
+    """A VARCHAR compared byte for byte on every database.
+
+    MariaDB/MySQL collations compare case-insensitively by default, and the
+    ``PAD SPACE`` ones ignore trailing spaces, so ``"Order:1 "`` would collide
+    with ``"order:1"`` in a primary key.  PostgreSQL and SQLite already compare
+    exactly.  utf8mb4 keeps 512 characters within InnoDB's 3072-byte index limit.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name not in _MYSQL:
+            return dialect.type_descriptor(String(self.length))
+        mariadb = getattr(dialect, "is_mariadb", False)
+        binary = "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"
+        return dialect.type_descriptor(
+            mysql.VARCHAR(self.length, charset="utf8mb4", collation=binary)
+        )
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The tables of one prefix (the newest version)."""
+
+    prefix: str
+    metadata: MetaData
+    keys: Table
+    tasks: Table
+    sweeper: Table
+    budget: Table
+    breakers: Table
+    versions: Table
+
+
+def _table(metadata: MetaData, name: str, *items: SchemaItem) -> Table:
+    # InnoDB for row locks; utf8mb4 for any key text.  Both spellings: the
+    # mariadb:// dialect reads only mariadb_* options, mysql:// only mysql_*.
+    options: dict[str, Any] = {f"{d}_{o}": v for d in _MYSQL for o, v in _MYSQL_OPTIONS}
+    return Table(name, metadata, *items, **options)
+
+
+def schema(prefix: str) -> Schema:
+    """The newest tables for ``prefix`` (a validated SQL identifier)."""
+    md = MetaData()
+    keys = _table(
+        md, f"{prefix}_keys",
+        Column("key", ExactString(512), primary_key=True),
+        Column("state", String(8), nullable=False),
+        Column("fingerprint", String(64), nullable=False),
+        Column("task_id", String(255), nullable=False),
+        Column("owner", String(255)),
+        Column("lease_until", Double()),
+        Column("lost", Integer, nullable=False),
+        Column("result", _LONG_TEXT),
+        Column("expires_at", Double()),
+        Index(f"{prefix}_keys_expires_at", "expires_at"),
+    )
+    tasks = _table(
+        md, f"{prefix}_tasks",
+        Column("task_id", ExactString(255), primary_key=True),
+        Column("name", String(255), nullable=False),
+        Column("key", String(512), nullable=False),
+        Column("fingerprint", String(64), nullable=False),
+        Column("body", _LONG_TEXT, nullable=False),
+        Column("content_type", String(255), nullable=False),
+        Column("content_encoding", String(255), nullable=False),
+        Column("options", _LONG_TEXT, nullable=False),
+        Column("published_at", Double(), nullable=False),
+        Column("state", String(8), nullable=False),
+        Column("rescues", Integer, nullable=False),
+        Column("deadline", Double()),
+        Column("reason", String(255)),
+        Column("error", _LONG_TEXT),
+        Column("dead_at", Double()),
+        Index(f"{prefix}_tasks_deadline", "deadline"),
+        Index(f"{prefix}_tasks_dead_at", "dead_at"),
+    )
+    sweeper = _table(
+        md, f"{prefix}_sweeper",
+        Column("name", String(16), primary_key=True),
+        Column("owner", ExactString(255), nullable=False),
+        Column("lease_until", Double(), nullable=False),
+    )
+    budget = _table(
+        md, f"{prefix}_budget",
+        Column("scope", ExactString(255), primary_key=True),
+        Column("epoch_second", BigInteger, primary_key=True, autoincrement=False),
+        Column("firsts", Integer, nullable=False),
+        Column("retries", Integer, nullable=False),
+    )
+    breakers = _table(
+        md, f"{prefix}_breakers",
+        Column("name", ExactString(255), primary_key=True),
+        Column("state", String(16), nullable=False),
+        Column("failures", Integer, nullable=False),
+        Column("open_until", Double(), nullable=False),
+        Column("probe", ExactString(255)),
+        Column("probe_until", Double(), nullable=False),
+    )
+    versions = _table(
+        md, f"{prefix}_schema_version",
+        Column("version", Integer, primary_key=True, autoincrement=False),
+        Column("description", String(255), nullable=False),
+        Column("applied_at", Double(), nullable=False),
+    )
+    return Schema(prefix, md, keys, tasks, sweeper, budget, breakers, versions)
+
+
+@dataclass(frozen=True)
+class Step:
+    version: int
+    description: str
+    apply: Callable[[Connection, Schema], None]
+
+
+def _v1(conn: Connection, tables: Schema) -> None:
+    for table in (tables.keys, tables.tasks, tables.sweeper):
+        # checkfirst: MariaDB commits each CREATE at once, so a migration
+        # interrupted half-way must be able to run again.
+        table.create(conn, checkfirst=True)
+    conn.execute(insert(tables.sweeper).values(name=SWEEPER_ROW, owner="", lease_until=0.0))
+
+
+def _v2(conn: Connection, tables: Schema) -> None:
+    for table in (tables.budget, tables.breakers):
+        table.create(conn, checkfirst=True)
+
+
+STEPS: tuple[Step, ...] = (
+    Step(1, "keys, tasks and sweeper tables", _v1),
+    Step(2, "retry budget and circuit breaker tables", _v2),
+)
+SCHEMA_VERSION = STEPS[-1].version
+
+
+def current_version(conn: Connection, tables: Schema) -> int:
+    """The newest applied step, 0 when the schema was never created."""
+    if not inspect(conn).has_table(tables.versions.name):
+        return 0
+    return conn.scalar(select(func.max(tables.versions.c.version))) or 0
+
+
+def require_current(conn: Connection, tables: Schema, where: str) -> None:
+    """Raise StoreError, saying what to run, unless the schema is the version this code knows."""
+    found = current_version(conn, tables)
+    if found == SCHEMA_VERSION:
+        return
+    where = f"{where} (prefix {tables.prefix!r})"
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} has schema version {found}, newer than this celery_reliable knows "
+            f"({SCHEMA_VERSION}): upgrade celery_reliable"
+        )
+    has = f"schema version {found}" if found else "no schema"
+    raise StoreError(
+        f"{where} has {has}, this celery_reliable needs version {SCHEMA_VERSION}: "
+        "run `celery -A <app> reliable-store migrate` (or store.migrate())"
+    )
+
+
+def upgrade(conn: Connection, tables: Schema) -> list[int]:
+    """Apply the missing steps inside ``conn``'s transaction; returns the versions applied.
+
+    One process at a time: a PostgreSQL advisory lock held to the end of the
+    transaction (whose DDL is transactional), a MariaDB/MySQL named lock, or the
+    write lock SQLite's ``BEGIN IMMEDIATE`` already holds.  The loser of a race
+    then finds the schema current and applies nothing.
+    """
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(zlib.crc32(tables.versions.name.encode()))))
+    elif dialect in _MYSQL:
+        got = conn.scalar(select(func.get_lock(tables.versions.name, LOCK_WAIT)))
+        if got != 1:
+            raise StoreError(
+                f"another process has been migrating {tables.versions.name} for {LOCK_WAIT}s; "
+                "wait for it to finish and run the migration again"
+            )
+    try:
+        return _apply_missing(conn, tables)
+    finally:
+        if dialect in _MYSQL:
+            conn.execute(select(func.release_lock(tables.versions.name)))
+
+
+def _apply_missing(conn: Connection, tables: Schema) -> list[int]:
+    tables.versions.create(conn, checkfirst=True)
+    found = current_version(conn, tables)
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"{tables.versions.name} is at version {found}, newer than this celery_reliable "
+            f"knows ({SCHEMA_VERSION}): upgrade celery_reliable, never downgrade a schema"
+        )
+    applied = []
+    for step in STEPS:
+        if step.version <= found:
+            continue
+        step.apply(conn, tables)
+        conn.execute(
+            insert(tables.versions).values(
+                version=step.version, description=step.description, applied_at=time.time()
+            )
+        )
+        applied.append(step.version)
+    return applied

@@ -1,0 +1,629 @@
+"""SQL store (SQLAlchemy 2.x): PostgreSQL, MariaDB/MySQL and SQLite.
+
+Every operation is one transaction doing what :mod:`.memory` does.  The tables
+live in :mod:`.migrations` and are created only by :meth:`SQLStore.migrate`.
+
+Concurrency.  PostgreSQL and MariaDB run at READ COMMITTED (no InnoDB gap locks)
+and lock a key's row with ``SELECT ... FOR UPDATE`` before reading it: work on
+one key serializes, other keys proceed.  A key found missing is INSERTed
+tolerating a duplicate (``ON CONFLICT DO NOTHING``; MariaDB's duplicate-key
+error is caught).  When another transaction inserted it first, ours rolls back
+and runs again, now finding the row to lock: on InnoDB the duplicate check
+leaves a shared lock, and two transactions upgrading theirs would deadlock.
+Rows are locked key first, then task; the sweep locks task rows only, with
+``SKIP LOCKED``.  SQLite runs each writing transaction as ``BEGIN IMMEDIATE``
+(one writer for the whole file, across processes), in WAL mode so readers
+proceed meanwhile, with a busy timeout so a writer queues for the lock instead
+of failing at once.
+
+Clock.  Times are the calling worker's ``time.time()``, stored as seconds in
+DOUBLE columns, so unlike Redis, leases depend on the workers' clocks agreeing:
+keep them NTP-synced.  A clock running ahead takes live leases over early (a
+duplicate run); one running behind rescues late.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    RowMapping,
+    Select,
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    make_url,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+
+from celery_reliable.errors import ConfigurationError, StoreError, StoreUnavailable
+from celery_reliable.stores import migrations
+from celery_reliable.stores.base import (
+    BreakerCheck,
+    Claim,
+    ClaimStatus,
+    KeyState,
+    Lease,
+    PublishOutcome,
+    PublishStatus,
+    Store,
+    SweepPolicy,
+    TaskRecord,
+)
+
+T = TypeVar("T")
+
+#: How long a SQLite writer waits for the file's write lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Seconds to wait for a PostgreSQL/MariaDB connection: fail closed, do not hang a task.
+CONNECT_TIMEOUT = 5
+_ATTEMPTS = 5
+#: Deadlock victim or serialization failure (PostgreSQL SQLSTATEs, MariaDB errno).
+_RETRYABLE = {"40P01", "40001", 1213}
+_MYSQL_DUPLICATE_KEY = 1062
+#: Seconds of retry-budget counters kept (Redis keeps them as long): windows up to this.
+BUDGET_KEEP = 60
+_BUDGET_LOCK = 0  # the epoch second of each scope's lock row
+_READ_ONLY = "reliable_read_only"
+_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
+_DRIVERS = {  # a bare scheme gets the driver the ``sql`` extra installs
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+
+
+class _Retry(Exception):
+    """Another transaction inserted the row we meant to: start over, and lock it this time."""
+
+
+@dataclass(frozen=True)
+class _Locked:
+    """A key's row read under its lock, at ``now`` (taken once the lock was granted)."""
+
+    exists: bool  # a row is there, maybe expired: write it with UPDATE, not INSERT
+    state: KeyState | None  # None when missing or expired
+    now: float
+
+
+class SQLStore(Store):
+    def __init__(self, url: str, *, prefix: str = "reliable", shards: int = 1) -> None:
+        """``shards`` is accepted for the common signature and ignored."""
+        if not _PREFIX.match(prefix):
+            raise ConfigurationError(
+                f"reliable_key_prefix {prefix!r} cannot name SQL tables: use lowercase letters, "
+                "digits and underscores, starting with a letter or underscore, at most 40 chars"
+            )
+        self.url = url
+        self.prefix = prefix
+        self.schema = migrations.schema(prefix)
+        parsed = make_url(url)
+        parsed = parsed.set(drivername=_DRIVERS.get(parsed.drivername, parsed.drivername))
+        self.safe_url = parsed.render_as_string(hide_password=True)
+        self.engine = create_engine(parsed, pool_pre_ping=True, future=True, **_options(parsed))
+        name = self.engine.dialect.name
+        self.dialect = "mysql" if name == "mariadb" else name
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        self._reader = self.engine.execution_options(**{_READ_ONLY: True})
+        self._schema_checked = False
+
+    # -- transactions and errors -------------------------------------------------------
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Driver errors as ours: unreachable is StoreUnavailable (fail closed), else StoreError."""
+        where = f"SQL store {self.safe_url}"
+        try:
+            yield
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            raise StoreUnavailable(f"{where} is unreachable: {_reason(exc)}") from exc
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(f"{where} lost its connection: {_reason(exc)}") from exc
+            raise StoreError(f"{where} refused a statement: {_reason(exc)}") from exc
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` as one transaction; again from the start when it asks to (``_Retry``)
+        or was chosen as a deadlock victim, which InnoDB says any transaction may be."""
+        self._require_schema()
+        with self._guard():
+            for _ in range(_ATTEMPTS):
+                try:
+                    with self.engine.begin() as conn:
+                        return work(conn)
+                except _Retry:
+                    continue
+                except sa_exc.DBAPIError as exc:
+                    if _code(exc) not in _RETRYABLE:
+                        raise
+        raise StoreUnavailable(
+            f"SQL store {self.safe_url}: a transaction collided with concurrent ones "
+            f"{_ATTEMPTS} times in a row; try again"
+        )
+
+    def _read(self, work: Callable[[Connection], T]) -> T:
+        """One read-only transaction (a plain BEGIN on SQLite: it does not queue behind writers)."""
+        self._require_schema()
+        with self._guard(), self._reader.begin() as conn:
+            return work(conn)
+
+    def _require_schema(self) -> None:
+        """Check the schema once per store: a missing migration fails with a message saying
+        so, not with 'no such table' in the middle of a claim.  Never creates anything."""
+        if not self._schema_checked:
+            self.ping()
+
+    # -- row helpers -------------------------------------------------------------------
+    def _lock_key(self, conn: Connection, key: str) -> _Locked:
+        k = self.schema.keys
+        row = conn.execute(select(k).where(k.c.key == key).with_for_update()).mappings().first()
+        now = time.time()
+        return _Locked(row is not None, _live_state(row, now), now)
+
+    def _write_key(
+        self, conn: Connection, locked: _Locked, key: str, state: KeyState,
+        expires_at: float | None = None,
+    ) -> None:
+        """Write what was decided from ``locked``: UPDATE the locked row or INSERT a new one.
+
+        Never UPDATE a row that was not read under lock: another transaction may
+        have created it since, and its state would be overwritten unseen.
+        """
+        k = self.schema.keys
+        values = {**asdict(state), "expires_at": expires_at}
+        if locked.exists:
+            conn.execute(update(k).where(k.c.key == key).values(values))
+        else:
+            self._insert(conn, k, {"key": key, **values})
+
+    def _save_record(self, conn: Connection, values: dict[str, Any]) -> None:
+        """Overwrite the task's record, or insert it: UPDATE first, which on InnoDB locks an
+        existing row exclusively at once (see the module doc)."""
+        t = self.schema.tasks
+        move = update(t).where(t.c.task_id == values["task_id"]).values(values)
+        if not conn.execute(move).rowcount:
+            self._insert(conn, t, values)
+
+    def _insert(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
+        """INSERT a new row; when another transaction inserted it first, start over."""
+        if self.dialect == "mysql":
+            try:
+                conn.execute(insert(table).values(values))
+            except sa_exc.IntegrityError as exc:
+                if _code(exc) == _MYSQL_DUPLICATE_KEY:
+                    raise _Retry from exc
+                raise
+            return
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(table).values(values).on_conflict_do_nothing()
+        # SQLAlchemy keeps an INSERT's rowcount only when asked to.
+        if conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 0:
+            raise _Retry
+
+    def _drop_record(self, conn: Connection, task_id: str) -> None:
+        t = self.schema.tasks
+        conn.execute(delete(t).where(t.c.task_id == task_id))
+
+    def _move_deadline(
+        self, conn: Connection, task_ids: Sequence[str], deadline: float, **values: Any
+    ) -> None:
+        """Reschedule the records still in the rescue index (a dead letter has no deadline)."""
+        t = self.schema.tasks
+        pending = t.c.task_id.in_(task_ids) & t.c.deadline.is_not(None)
+        conn.execute(update(t).where(pending).values(deadline=deadline, **values))
+
+    def due_query(self, now: float, limit: int) -> Select[Any]:
+        """The sweep's SELECT: a range scan of the deadline index, never a full scan."""
+        t = self.schema.tasks
+        query = select(t).where(t.c.deadline <= now).order_by(t.c.deadline).limit(limit)
+        return query.with_for_update(skip_locked=True)
+
+    # -- producer side -----------------------------------------------------------------
+    def publish(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> PublishOutcome:
+        def work(conn: Connection) -> PublishOutcome:
+            locked = self._lock_key(conn, record.key)
+            current, now = locked.state, locked.now
+            if current is not None and dedupe and current.state != "dead":
+                if current.fingerprint != record.fingerprint:
+                    return PublishOutcome(PublishStatus.CONFLICT, current.task_id)
+                status = PublishStatus.DONE if current.state == "done" else PublishStatus.IN_FLIGHT
+                return PublishOutcome(status, current.task_id)
+            # A done key is never downgraded: a copy published without dedupe is
+            # skipped by its claim.
+            if current is None or current.state == "dead":
+                queued = KeyState("queued", record.fingerprint, record.task_id)
+                self._write_key(conn, locked, record.key, queued)
+            fresh = replace(
+                record, published_at=now, state="queued", reason=None, error=None, dead_at=None
+            )
+            self._save_record(conn, {**asdict(fresh), "deadline": now + deadline_in})
+            return PublishOutcome(PublishStatus.NEW, record.task_id)
+
+        return self._write(work)
+
+    def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
+        current = self.get_key(key)
+        if current is None or current.state in ("queued", "dead"):
+            return PublishOutcome(PublishStatus.NEW)
+        if current.fingerprint != fingerprint:
+            return PublishOutcome(PublishStatus.CONFLICT, current.task_id)
+        if current.state == "done":
+            return PublishOutcome(PublishStatus.DONE, current.task_id)
+        if (current.lease_until or 0) > time.time():
+            return PublishOutcome(PublishStatus.IN_FLIGHT, current.task_id)
+        return PublishOutcome(PublishStatus.NEW)
+
+    # -- consumer side -----------------------------------------------------------------
+    def claim(
+        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
+    ) -> Claim:
+        def work(conn: Connection) -> Claim:
+            locked = self._lock_key(conn, key)
+            current, now = locked.state, locked.now
+            lost = 0
+            status = ClaimStatus.CLAIMED
+            if current is not None:
+                if current.fingerprint != fingerprint:
+                    return Claim(ClaimStatus.CONFLICT, current.task_id)
+                if current.state == "done":
+                    if current.task_id != task_id:
+                        self._drop_record(conn, task_id)
+                    return Claim(ClaimStatus.DONE, current.task_id, current.result)
+                lost = current.lost
+                if current.state == "dead":
+                    return Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost)
+                if current.state == "running":
+                    left = (current.lease_until or 0) - now
+                    if left > 0 and current.owner != owner:
+                        return Claim(ClaimStatus.BUSY, current.task_id, lost=lost, lease_left=left)
+                    lost += 1
+                    status = ClaimStatus.TAKEN_OVER
+                    if lost >= max_lost:
+                        # The key stays dead so stale copies the broker still holds are absorbed.
+                        dead = KeyState("dead", fingerprint, current.task_id, lost=lost)
+                        self._write_key(conn, locked, key, dead)
+                        return Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost)
+            running = KeyState("running", fingerprint, task_id, owner, now + lease, lost)
+            self._write_key(conn, locked, key, running)
+            self._move_deadline(conn, [task_id], now + lease, state="running", rescues=0)
+            return Claim(status, task_id, lost=lost)
+
+        return self._write(work)
+
+    def heartbeat(self, leases: Sequence[Lease], lease: float) -> list[bool]:
+        if not leases:
+            return []
+        k = self.schema.keys
+
+        def work(conn: Connection) -> list[bool]:
+            # One statement locks all the rows, in key order: heartbeats cannot deadlock.
+            query = select(k).where(k.c.key.in_(sorted({i.key for i in leases}))).order_by(k.c.key)
+            rows = conn.execute(query.with_for_update()).mappings().all()
+            now = time.time()
+            live = {row["key"]: _live_state(row, now) for row in rows}
+            renewed = [i for i in leases if _owned(live.get(i.key), i.owner)]
+            if renewed:
+                keys = [i.key for i in renewed]
+                conn.execute(update(k).where(k.c.key.in_(keys)).values(lease_until=now + lease))
+                self._move_deadline(conn, [i.task_id for i in renewed], now + lease)
+            return [i in renewed for i in leases]
+
+        return self._write(work)
+
+    def complete(
+        self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
+        retention: float,
+    ) -> bool:
+        def work(conn: Connection) -> bool:
+            locked = self._lock_key(conn, key)
+            if not _owned(locked.state, owner):
+                return False
+            done = KeyState("done", fingerprint, task_id, result=result)
+            self._write_key(conn, locked, key, done, expires_at=locked.now + retention)
+            self._drop_record(conn, task_id)
+            return True
+
+        return self._write(work)
+
+    def release(self, key: str, owner: str, task_id: str, requeued: bool) -> bool:
+        k = self.schema.keys
+
+        def work(conn: Connection) -> bool:
+            locked = self._lock_key(conn, key)
+            current = locked.state
+            if current is None or not _owned(current, owner):
+                return False
+            if requeued:
+                queued = KeyState("queued", current.fingerprint, task_id, lost=current.lost)
+                self._write_key(conn, locked, key, queued)
+            else:
+                conn.execute(delete(k).where(k.c.key == key))
+            return True
+
+        return self._write(work)
+
+    def discard(self, task_id: str, key: str) -> None:
+        self._write(lambda conn: self._drop_record(conn, task_id))
+
+    def dead_letter(
+        self, task_id: str, key: str, reason: str, error: str | None,
+        fallback: TaskRecord | None = None,
+    ) -> None:
+        t, k = self.schema.tasks, self.schema.keys
+
+        def work(conn: Connection) -> None:
+            current = self._lock_key(conn, key).state
+            if current is not None and current.task_id == task_id and current.state in (
+                "queued", "running"
+            ):
+                # Forgotten, or producers would answer "in flight" with a task that will not run.
+                conn.execute(delete(k).where(k.c.key == key))
+            dead = {"state": "dead", "reason": reason, "error": error, "dead_at": time.time()}
+            move = update(t).where(t.c.task_id == task_id).values(deadline=None, **dead)
+            if conn.execute(move).rowcount:
+                return
+            base = fallback or TaskRecord(task_id, "", key, "", "", "", "", "{}")
+            values = {**asdict(replace(base, task_id=task_id)), **dead, "deadline": None}
+            self._insert(conn, t, values)
+
+        self._write(work)
+
+    # -- rescuer -----------------------------------------------------------------------
+    def acquire_sweeper(self, owner: str, ttl: float) -> bool:
+        s = self.schema.sweeper
+
+        def work(conn: Connection) -> bool:
+            now = time.time()
+            free = or_(s.c.owner == owner, s.c.lease_until <= now)
+            take = update(s).where(s.c.name == migrations.SWEEPER_ROW, free)
+            return conn.execute(take.values(owner=owner, lease_until=now + ttl)).rowcount == 1
+
+        return self._write(work)
+
+    def sweep(self, policy: SweepPolicy) -> list[TaskRecord]:
+        t = self.schema.tasks
+        # Republished: the task waits for a worker again, whatever state it was in.
+        move = update(t).where(t.c.task_id == bindparam("b_id")).values(
+            deadline=bindparam("b_deadline"), rescues=bindparam("b_rescues"), state="queued"
+        )
+
+        def work(conn: Connection) -> list[TaskRecord]:
+            now = time.time()
+            rows = conn.execute(self.due_query(now, policy.limit)).mappings().all()
+            if rows:
+                conn.execute(move, [
+                    {"b_id": r["task_id"], "b_deadline": now + policy.next_delay(r["rescues"]),
+                     "b_rescues": r["rescues"] + 1}
+                    for r in rows
+                ])
+            return [_record(row) for row in rows]
+
+        return self._write(work)
+
+    # -- retry budgets and circuit breakers ---------------------------------------------
+    def _count(self, conn: Connection, scope: str, second: int, **increments: int) -> None:
+        """Add to the scope's counters of one second (an UPDATE also locks the row)."""
+        b = self.schema.budget
+        row = (b.c.scope == scope) & (b.c.epoch_second == second)
+        added = {name: b.c[name] + n for name, n in increments.items()}
+        if not conn.execute(update(b).where(row).values(added)).rowcount:
+            fresh = {"scope": scope, "epoch_second": second, "firsts": 0, "retries": 0}
+            self._insert(conn, b, {**fresh, **increments})
+
+    def _trim_budget(self, conn: Connection, scope: str, now: int) -> None:
+        # Redis lets these counters expire; here whoever touches a scope drops its old seconds.
+        b = self.schema.budget
+        old = b.c.epoch_second.between(_BUDGET_LOCK + 1, now - BUDGET_KEEP)
+        conn.execute(delete(b).where(b.c.scope == scope, old))
+
+    def budget_deposit(self, scope: str, first_attempts: int) -> None:
+        def work(conn: Connection) -> None:
+            now = int(time.time())
+            self._count(conn, scope, now, firsts=first_attempts)
+            self._trim_budget(conn, scope, now)
+
+        self._write(work)
+
+    def budget_withdraw(self, scope: str, ratio: float, floor: float, window: float) -> bool:
+        """Withdrawals of one scope serialize on its lock row: two never take the last retry."""
+        b = self.schema.budget
+
+        def work(conn: Connection) -> bool:
+            self._count(conn, scope, _BUDGET_LOCK, retries=0)
+            now = int(time.time())
+            seconds = b.c.epoch_second.between(now - int(window) + 1, now)
+            sums = select(func.coalesce(func.sum(b.c.firsts), 0),
+                          func.coalesce(func.sum(b.c.retries), 0))
+            firsts, retries = (int(n) for n in conn.execute(
+                sums.where(b.c.scope == scope, seconds)).one())
+            if retries >= ratio * firsts + floor * window:
+                return False
+            self._count(conn, scope, now, retries=1)
+            self._trim_budget(conn, scope, now)
+            return True
+
+        return self._write(work)
+
+    def _lock_breaker(self, conn: Connection, name: str) -> RowMapping | None:
+        b = self.schema.breakers
+        return conn.execute(select(b).where(b.c.name == name).with_for_update()).mappings().first()
+
+    def breaker_check(self, name: str, owner: str, probe_ttl: float) -> BreakerCheck:
+        b = self.schema.breakers
+
+        def work(conn: Connection) -> BreakerCheck:
+            row = self._lock_breaker(conn, name)
+            now = time.time()
+            if row is None or row["state"] == "closed":
+                return BreakerCheck(True, "closed", failures=row["failures"] if row else 0)
+            failures = row["failures"]
+            if now < row["open_until"]:
+                return BreakerCheck(False, "open", row["open_until"] - now, failures)
+            if row["probe"] not in (None, owner) and row["probe_until"] > now:
+                return BreakerCheck(False, "probing", row["probe_until"] - now, failures)
+            probe = dict(probe=owner, probe_until=now + probe_ttl)
+            conn.execute(update(b).where(b.c.name == name).values(probe))
+            return BreakerCheck(True, "half_open", failures=failures)
+
+        return self._write(work)
+
+    def breaker_report(self, name: str, ok: bool, threshold: int, cool_down: float) -> str:
+        b = self.schema.breakers
+
+        def work(conn: Connection) -> str:
+            row = self._lock_breaker(conn, name)
+            values: dict[str, Any] = dict(row) if row else {
+                "name": name, "state": "closed", "failures": 0, "open_until": 0.0,
+                "probe": None, "probe_until": 0.0,
+            }
+            if ok:
+                values.update(state="closed", failures=0, probe=None)
+            else:
+                values["failures"] += 1
+                if values["state"] == "open" or values["failures"] >= threshold:
+                    values.update(state="open", open_until=time.time() + cool_down, probe=None)
+            if row is None:
+                self._insert(conn, b, values)
+            else:
+                conn.execute(update(b).where(b.c.name == name).values(values))
+            return str(values["state"])
+
+        return self._write(work)
+
+    # -- inspection and lifecycle ------------------------------------------------------
+    def get_key(self, key: str) -> KeyState | None:
+        k = self.schema.keys
+        query = select(k).where(k.c.key == key)
+        row = self._read(lambda conn: conn.execute(query).mappings().first())
+        return _live_state(row, time.time())
+
+    def get_record(self, task_id: str, key: str) -> TaskRecord | None:
+        t = self.schema.tasks
+        query = select(t).where(t.c.task_id == task_id)
+        row = self._read(lambda conn: conn.execute(query).mappings().first())
+        return None if row is None else _record(row)
+
+    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
+        t = self.schema.tasks
+        query = select(t).where(t.c.dead_at.is_not(None)).order_by(t.c.dead_at.desc()).limit(limit)
+        rows = self._read(lambda conn: conn.execute(query).mappings().all())
+        return [_record(row) for row in rows]
+
+    def pending_count(self) -> int:
+        t = self.schema.tasks
+        query = select(func.count()).select_from(t).where(t.c.deadline.is_not(None))
+        return int(self._read(lambda conn: conn.scalar(query)) or 0)
+
+    def prune(self, limit: int = 1000) -> int:
+        """Delete at most ``limit`` expired done keys in one short transaction; returns how many.
+
+        Not part of :class:`Store` (Redis expires keys itself).  Expired rows
+        already count as absent, so this only reclaims space: run it
+        periodically, again while it returns ``limit``.  It skips rows being
+        claimed (``SKIP LOCKED``) rather than wait for them.
+        """
+        k = self.schema.keys
+
+        def work(conn: Connection) -> int:
+            expired = k.c.expires_at <= time.time()
+            query = select(k.c.key).where(expired).order_by(k.c.expires_at).limit(limit)
+            keys = conn.scalars(query.with_for_update(skip_locked=True)).all()
+            if not keys:
+                return 0
+            return conn.execute(delete(k).where(k.c.key.in_(keys), expired)).rowcount
+
+        return self._write(work)
+
+    def ping(self) -> None:
+        """Connect and check the schema version (a StoreError naming the migrate command)."""
+        with self._guard(), self._reader.begin() as conn:
+            migrations.require_current(conn, self.schema, f"SQL store {self.safe_url}")
+        self._schema_checked = True
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema: idempotent; concurrent runs wait for each other."""
+        with self._guard(), self.engine.begin() as conn:
+            migrations.upgrade(conn, self.schema)
+        self._schema_checked = True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def after_fork(self) -> None:
+        # close=False: the parent still uses those sockets; the child only forgets them.
+        self.engine.dispose(close=False)
+
+
+def _options(url: URL) -> dict[str, Any]:
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return {}
+    options: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    if backend in ("mysql", "mariadb"):
+        # No gap locks: a locking read of a missing key must not block others' inserts.
+        options["isolation_level"] = "READ COMMITTED"
+    return options
+
+
+def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    # SQLAlchemy's documented recipe: pysqlite would BEGIN only at the first
+    # write, after our reads; switch that off and emit BEGIN ourselves.
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    read_only = conn.get_execution_options().get(_READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _code(exc: sa_exc.DBAPIError) -> Any:
+    """PyMySQL's errno (its SQLSTATEs are too coarse), else the driver's SQLSTATE."""
+    args = getattr(exc.orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0]
+    return getattr(exc.orig, "sqlstate", None)
+
+
+def _reason(exc: Exception) -> str:
+    """The driver's first message line: SQL text and parameters stay out of the log."""
+    detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    lines = str(detail).strip().splitlines()
+    return lines[0] if lines else type(detail).__name__
+
+
+def _live_state(row: RowMapping | None, now: float) -> KeyState | None:
+    """The key's state, or None when it has no row or its retention expired."""
+    if row is None or (row["expires_at"] is not None and row["expires_at"] <= now):
+        return None
+    return KeyState(**{f.name: row[f.name] for f in fields(KeyState)})
+
+
+def _owned(state: KeyState | None, owner: str) -> bool:
+    """The fence: only the owner of a running claim may complete, release or renew it."""
+    return state is not None and state.state == "running" and state.owner == owner
+
+
+def _record(row: RowMapping) -> TaskRecord:
+    return TaskRecord(**{f.name: row[f.name] for f in fields(TaskRecord)})
