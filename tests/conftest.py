@@ -55,4 +55,13 @@ def any_store(
     """Every backend, each against its real server (memory and fakeredis need none)."""
     store = make_store(request.param, prefix, tmp_path_factory)
     yield store
+    drop_tables(store)
     store.close()
+
+
+def drop_tables(store: Store) -> None:
+    """Tests use random prefixes: drop their SQL tables so the server does not fill up."""
+    from celery_reliable.stores.sql import SQLStore
+
+    if isinstance(store, SQLStore) and store.engine.dialect.name != "sqlite":
+        store.schema.metadata.drop_all(store.engine)

@@ -17,6 +17,7 @@ from kombu import Connection
 from celery_reliable.runtime import reset, runtime
 from celery_reliable.stores import Store
 from tests.apps.shop import Counter, build
+from tests.conftest import drop_tables
 from tests.harness import Worker, worker
 from tests.servers import POSTGRES, RABBITMQ, REDIS
 
@@ -110,4 +111,5 @@ def make_shop(tmp_path: Path) -> Iterator[Callable[..., Shop]]:
         if shop.broker == "rabbitmq":
             with Connection(shop.env["TEST_BROKER_URL"]) as conn:
                 conn.default_channel.queue_delete(shop.env["TEST_QUEUE"])
+        drop_tables(shop.store)
         reset(shop.app)

@@ -16,7 +16,7 @@ from celery_reliable.records import encode
 from celery_reliable.runtime import reset, runtime
 from celery_reliable.stores import Store
 from celery_reliable.worker.rescue import Rescuer
-from tests.conftest import make_store
+from tests.conftest import drop_tables, make_store
 
 N = 200
 
@@ -47,6 +47,7 @@ def seeded(
         store.publish(record, 0.001, dedupe=True)
     time.sleep(0.05)  # every deadline has passed
     yield app, published
+    drop_tables(store)
     store.close()
     reset(app)
 
