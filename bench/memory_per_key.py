@@ -1,0 +1,161 @@
+"""Redis memory per completed idempotency key.
+
+Why: a completed key is remembered for ``reliable_retention`` (a day by
+default) so that late duplicates are skipped; at a million tasks a day the
+store holds a million such keys, so their size decides the Redis bill.  Target:
+at most 200 bytes per key.
+
+How: N keys ``receipt:<n>`` go through the store's own claim and complete Lua
+scripts (the exact scripts, key names and arguments ``RedisStore.claim`` and
+``RedisStore.complete`` use, sent in pipelines for speed; ``--mode api`` calls
+the public methods one by one instead), with result ``None`` (kept as
+``"null"``) and the default retention.  Memory per key is the change of the
+server's ``used_memory`` divided by N, measured when filling and again when
+deleting (both are server-wide: load elsewhere on the server shows as a gap
+between the two), repeated; ``MEMORY USAGE`` of sample keys is shown beside it
+(it leaves out the expiry entry and the hash-table buckets).  Cycle 1 starts
+from an empty DB, so it includes the growth of the DB's hash tables: the cost a
+store holding this many keys pays.
+Only keys under this run's prefix are written and deleted (never FLUSHDB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis
+
+from bench._common import REDIS, delete_matching, dump_json, machine, table, tag
+from celery_reliable import keys
+from celery_reliable.stores import open_store
+from celery_reliable.stores.redis import STALE_TTL_MS, RedisStore, _ms
+
+LEASE, MAX_LOST, RETENTION = 30.0, 3, 86400.0
+OWNER = "celery@worker-1:12345:"
+
+
+def fill(store: RedisStore, first: int, n: int, batch: int, mode: str) -> None:
+    """Claim and complete keys receipt:<first>..receipt:<first+n-1>."""
+    result = keys.encode_result(None, 4096)  # "null"
+    for start in range(first, first + n, batch):
+        calls = []
+        for i in range(start, min(start + batch, first + n)):
+            key, task_id = f"receipt:{i}", str(uuid.uuid4())
+            fp = keys.fingerprint({"order_id": i})
+            calls.append((key, fp, task_id, OWNER + task_id[:8]))
+        if mode == "api":
+            for key, fp, task_id, owner in calls:
+                assert store.claim(key, fp, task_id, owner, LEASE, MAX_LOST).runs
+                assert store.complete(key, fp, owner, task_id, result, RETENTION)
+            continue
+        pipe = store.client.pipeline(transaction=False)
+        for key, fp, task_id, owner in calls:
+            names = list(store._names(key, task_id))
+            store._scripts["claim"](keys=names, client=pipe, args=[
+                fp, task_id, owner, _ms(LEASE), MAX_LOST, STALE_TTL_MS])
+            store._scripts["complete"](keys=names, client=pipe, args=[
+                owner, fp, task_id, result or "", _ms(RETENTION)])
+        replies = pipe.execute()
+        if any(r != 1 for r in replies[1::2]) or any(r[0] != "claimed" for r in replies[0::2]):
+            raise RuntimeError("a claim or complete did not succeed")
+
+
+def value(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def used(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    prefix = tag("mk")  # 8 characters, as long as the default prefix "reliable"
+    url = f"{REDIS}/{args.db}"
+    store = open_store(url, prefix=prefix)
+    assert isinstance(store, RedisStore)
+    client = redis.Redis.from_url(url)
+    cycles = []
+    try:
+        fill(store, -1, 1, 1, args.mode)  # loads the scripts; checked through the public API
+        state = store.get_key("receipt:-1")
+        assert state is not None and state.state == "done" and state.result == "null", state
+        sample = f"{{{prefix}:0}}:k:receipt:{args.keys // 2}"
+        for c in range(args.repeat):
+            base = c * args.keys
+            before = used(client)
+            t0 = time.perf_counter()
+            fill(store, base, args.keys, args.batch, args.mode)
+            seconds = time.perf_counter() - t0
+            after = used(client)
+            name = f"{{{prefix}:0}}:k:receipt:{base + args.keys // 2}"
+            usage = [int(client.memory_usage(f"{{{prefix}:0}}:k:receipt:{base + i}",
+                                             samples=0) or 0)
+                     for i in range(0, args.keys, max(1, args.keys // 100))]
+            cycles.append({
+                "fill_bytes_per_key": (after - before) / args.keys,
+                "memory_usage_median": statistics.median(usage),
+                "fill_seconds": seconds,
+                "value": value(client.get(name)), "key_name": name,
+                "ttl_s": client.pttl(name) / 1000,
+            })
+            deleted = delete_matching(client, f"{{{prefix}:0}}:k:receipt:*")
+            cycles[-1]["delete_bytes_per_key"] = (after - used(client)) / deleted
+        sample = cycles[-1]["key_name"]
+    finally:
+        delete_matching(client, f"{{{prefix}*")
+        store.close()
+    return {"machine": machine(), "keys": args.keys, "mode": args.mode, "db": args.db,
+            "sample_key": sample, "cycles": cycles,
+            "redis_memory": {k: v for k, v in client.info("memory").items()
+                             if k in ("mem_allocator", "used_memory_human")}}
+
+
+def report(res: dict[str, Any]) -> str:
+    rows = [[i + 1, f"{c['fill_bytes_per_key']:.1f}", f"{c['delete_bytes_per_key']:.1f}",
+             c["memory_usage_median"], f"{c['fill_seconds']:.1f}"]
+            for i, c in enumerate(res["cycles"])]
+    fills = [c["fill_bytes_per_key"] for c in res["cycles"]]
+    last = res["cycles"][-1]
+    buckets = 2 * 8 * 2 ** math.ceil(math.log2(res["keys"])) / res["keys"]
+    return "\n".join([
+        f"machine: {res['machine']['cpus']} CPUs, Redis {res['machine']['redis']} "
+        f"({res['redis_memory']['mem_allocator']}); package {res['machine']['package']}",
+        f"{res['keys']:,} keys claimed + completed per cycle ({res['mode']}), result None, "
+        f"retention {RETENTION:.0f} s",
+        f"a completed key: {last['key_name']} = {last['value']} "
+        f"({len(last['key_name'])} + {len(last['value'])} bytes, TTL {last['ttl_s']:.0f} s)\n",
+        table(["cycle", "used_memory delta / key (fill)", "(delete)", "MEMORY USAGE median",
+               "fill s"], rows),
+        f"\nbytes per completed key: {fills[0]:.1f} in cycle 1 (from an empty DB: the DB's "
+        f"main and expires hash tables grow to the next power of two, {buckets:.0f} B/key "
+        f"at {res['keys']:,} keys), {min(fills):.1f} at least (tables already grown; later "
+        f"cycles depend on whether Redis shrank them after the delete); target <= 200",
+    ])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--keys", type=int, default=100_000, help="keys per cycle (default 100000)")
+    p.add_argument("--repeat", type=int, default=3, help="fill/delete cycles (default 3)")
+    p.add_argument("--db", type=int, default=11, help="dedicated Redis DB (default 11)")
+    p.add_argument("--batch", type=int, default=1000, help="keys per pipeline (default 1000)")
+    p.add_argument("--mode", choices=("pipeline", "api"), default="pipeline",
+                   help="pipelined Lua scripts (default) or store.claim/complete one by one")
+    p.add_argument("--json", action="store_true", help="print raw results as JSON")
+    args = p.parse_args()
+    res = run(args)
+    dump_json(res) if args.json else print(report(res))
+
+
+if __name__ == "__main__":
+    main()
