@@ -163,6 +163,8 @@ class _Strict(dict[str, Any]):
 
 def encode_result(result: Any, max_bytes: int) -> str | None:
     """JSON text of a result to keep with a completed key, or None if it cannot be kept."""
+    if result is None:  # the common case, on every completion
+        return "null"
     try:
         text = kombu_dumps(result, separators=(",", ":"))
     except (TypeError, ValueError):

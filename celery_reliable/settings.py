@@ -245,8 +245,9 @@ class Settings:
     )
     max_rescues: int = setting(
         10,
-        "Republishes of a task no worker ever received before it is dead-lettered with "
-        "reason 'never_received' (an unregistered task, a queue nobody consumes).",
+        "Republishes of one task by the rescuer before it is dead-lettered with reason "
+        "'never_received' (an unregistered task, a queue nobody consumes). The delay "
+        "doubles each time, so 10 rescues span hours.",
         _number(1, integer=True),
     )
     max_lost_attempts: int = setting(

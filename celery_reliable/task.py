@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import os
 import random
@@ -292,7 +293,7 @@ class ReliableTask(Task):  # type: ignore[misc]
             key, fingerprint = self.key_for(args, kwargs)
             headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
         settings = self.reliable_settings()
-        owner = f"{request.hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        owner = _owner_token(request.hostname)
         try:
             breaker = self._gate(key, owner, settings)
             claim = self.reliable.store.claim(
@@ -598,6 +599,23 @@ class ReliableTask(Task):  # type: ignore[misc]
             )
             raise Reject(err, requeue=True) from err
         return Retry(exc=exc, when=countdown, sig=signature)
+
+
+_owner_prefix: tuple[int, str] | None = None
+_owner_serial = itertools.count(1)
+
+
+def _owner_token(hostname: str | None) -> str:
+    """A token unique to one execution: host, pid, a per-process random part, a serial.
+
+    Built from a per-process prefix and a counter: this runs for every task.
+    """
+    global _owner_prefix
+    pid = os.getpid()
+    if _owner_prefix is None or _owner_prefix[0] != pid:
+        host = hostname or socket.gethostname()
+        _owner_prefix = (pid, f"{host}:{pid}:{uuid.uuid4().hex[:6]}:")
+    return _owner_prefix[1] + str(next(_owner_serial))
 
 
 def _is_method(source: Any) -> bool:

@@ -95,7 +95,7 @@ class TaskRecord:
     state: str = "queued"
     """queued | running | dead."""
     rescues: int = 0
-    """Republishes since the last claim (reset when a worker claims it)."""
+    """Republishes of this record by the rescuer so far."""
     reason: str | None = None
     """Why it was dead-lettered (worker_lost, never_received, failed, ...)."""
     error: str | None = None
@@ -181,9 +181,9 @@ class Store(abc.ABC):
     ) -> Claim:
         """Atomically take the key's lease for ``owner`` (see :class:`ClaimStatus`).
 
-        On CLAIMED/TAKEN_OVER the task's record (if any) moves to ``running``,
-        its deadline to the lease expiry and its rescue counter to 0.  On DONE
-        the record of this copy is deleted: nothing is left to rescue.
+        On CLAIMED/TAKEN_OVER the task's record (if any) moves to ``running``
+        and its deadline to the lease expiry.  On DONE the record of this copy
+        is deleted: nothing is left to rescue.
         """
 
     @abc.abstractmethod

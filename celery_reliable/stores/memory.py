@@ -120,7 +120,7 @@ class MemoryStore(Store):
             )
             record = self._records.get(task_id)
             if record is not None:
-                self._records[task_id] = replace(record, state="running", rescues=0)
+                self._records[task_id] = replace(record, state="running")
                 self._due[task_id] = now + lease
             return Claim(status, task_id, lost=lost)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import json
+import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -125,12 +127,12 @@ class RedisStore(Store):
                 record.content_encoding, record.options,
             ],
         )
-        return PublishOutcome(PublishStatus(status), task_id or None)
+        return PublishOutcome(PublishStatus(status), _expand(task_id))
 
     @_guarded
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
         status, task_id = self._run("lookup", [self._names(key, "")[0]], [fingerprint])
-        return PublishOutcome(PublishStatus(status), task_id or None)
+        return PublishOutcome(PublishStatus(status), _expand(task_id))
 
     # -- consumer side -----------------------------------------------------------
     @_guarded
@@ -143,7 +145,8 @@ class RedisStore(Store):
             [fingerprint, task_id, owner, _ms(lease), max_lost, STALE_TTL_MS],
         )
         return Claim(
-            ClaimStatus(status), holder or None, result or None, int(lost), int(left) / 1000
+            ClaimStatus(status), _expand(holder), _result(status, result), int(lost),
+            int(left) / 1000,
         )
 
     @_guarded
@@ -163,10 +166,11 @@ class RedisStore(Store):
         self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
         retention: float,
     ) -> bool:
+        packed = "~" if result is None else ("" if result == "null" else result)
         ok = self._run(
             "complete",
             self._names(key, task_id),
-            [owner, fingerprint, task_id, result or "", _ms(retention)],
+            [owner, fingerprint[:8], _compact(task_id), packed, _ms(retention), task_id],
         )
         return bool(ok)
 
@@ -219,7 +223,8 @@ class RedisStore(Store):
             rows = self._run(
                 "sweep",
                 [f"{tag}:due"],
-                [f"{tag}:t:", policy.limit, _ms(policy.rescue_after), _ms(policy.backoff_cap)],
+                [f"{tag}:t:", policy.limit, _ms(policy.rescue_after), _ms(policy.backoff_cap),
+                 f"{tag}:k:"],
             )
             for task_id, *values in rows:
                 taken.append(_record(task_id, dict(zip(_RECORD_FIELDS, values, strict=True))))
@@ -261,9 +266,11 @@ class RedisStore(Store):
         raw = self.client.get(self._names(key, "")[0])
         if raw is None:
             return None
+        if raw.startswith("D"):
+            task_id, _, result = raw[9:].partition("\t")
+            return KeyState("done", raw[1:9], _expand(task_id) or "",
+                            result=_result("done", result))
         state, fp, task_id, *rest = json.loads(raw)
-        if state == "D":
-            return KeyState("done", fp, task_id, result=rest[0] or None)
         owner, until, lost = rest
         return KeyState(
             _STATES[state], fp, task_id, owner or None, (until / 1000) or None, int(lost)
@@ -271,8 +278,19 @@ class RedisStore(Store):
 
     @_guarded
     def get_record(self, task_id: str, key: str) -> TaskRecord | None:
-        values = self.client.hgetall(self._names(key, task_id)[1])
-        return _record(task_id, values) if values else None
+        state, record, _ = self._names(key, task_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(record)
+        pipe.get(state)
+        values, raw_state = pipe.execute()
+        if not values:
+            return None
+        if values.get("state") == "queued" and raw_state and raw_state.startswith("["):
+            current = json.loads(raw_state)
+            live = current[4] / 1000 > time.time()  # inspection only: the local clock will do
+            if current[0] == "R" and current[2] == task_id and live:
+                values["state"] = "running"  # the claim records it in the key only
+        return _record(task_id, values)
 
     @_guarded
     def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
@@ -302,6 +320,31 @@ class RedisStore(Store):
     def after_fork(self) -> None:
         # redis-py's pool notices the new pid by itself; drop sockets eagerly anyway.
         self.client.connection_pool.reset()
+
+
+def _compact(task_id: str) -> str:
+    """A UUID task id as ``!`` + 32 hex digits, so a done key fits Redis's inline strings."""
+    if len(task_id) == 36 and task_id.count("-") == 4:
+        try:
+            return "!" + uuid.UUID(task_id).hex
+        except ValueError:
+            pass
+    return task_id
+
+
+def _expand(task_id: str | None) -> str | None:
+    if not task_id:
+        return None
+    if task_id.startswith("!") and len(task_id) == 33:
+        return str(uuid.UUID(task_id[1:]))
+    return task_id
+
+
+def _result(status: str, packed: str | None) -> str | None:
+    """A done key's result as JSON text: '' is None, '~' was not kept."""
+    if status != "done" or packed is None or packed == "~":
+        return None
+    return packed or "null"
 
 
 def _record(task_id: str, v: Mapping[Any, Any]) -> TaskRecord:

@@ -303,7 +303,7 @@ class SQLStore(Store):
                         return Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost)
             running = KeyState("running", fingerprint, task_id, owner, now + lease, lost)
             self._write_key(conn, locked, key, running)
-            self._move_deadline(conn, [task_id], now + lease, state="running", rescues=0)
+            self._move_deadline(conn, [task_id], now + lease, state="running")
             return Claim(status, task_id, lost=lost)
 
         return self._write(work)

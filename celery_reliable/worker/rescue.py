@@ -89,7 +89,7 @@ class Rescuer:
         if records.expired(options):
             self._dead(record, "expired", f"expired at {options['expires'].isoformat()}")
             return
-        if record.state == "queued" and record.rescues >= settings.max_rescues:
+        if record.rescues >= settings.max_rescues:
             self._dead(
                 record, "never_received",
                 f"republished {record.rescues} times and never received by a worker "

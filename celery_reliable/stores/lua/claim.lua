@@ -1,11 +1,11 @@
--- KEYS: state, record, due
+-- KEYS: state, record, due (the record is only deleted here, when a copy is absorbed)
 -- ARGV: fingerprint, task_id, owner, lease_ms, max_lost, stale_ttl_ms
 local now = now_ms()
 local cur = get_state(KEYS[1])
 local lost = 0
 local status = 'claimed'
 if cur then
-  if cur[2] ~= ARGV[1] then return {'conflict', cur[3], '', 0, 0} end
+  if not same_args(cur, ARGV[1]) then return {'conflict', cur[3], '', 0, 0} end
   if cur[1] == 'D' then
     if cur[3] ~= ARGV[2] then
       redis.call('DEL', KEYS[2])
@@ -29,8 +29,7 @@ if cur then
 end
 local lease = tonumber(ARGV[4])
 set_state(KEYS[1], {'R', ARGV[1], ARGV[2], ARGV[3], now + lease, lost}, ARGV[6])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HSET', KEYS[2], 'state', 'running', 'resc', 0)
-  redis.call('ZADD', KEYS[3], now + lease, ARGV[2])
-end
+-- The record (if persisted) is now due at the lease's end; its 'running' state is
+-- read from the key, so the claim writes nothing else.
+redis.call('ZADD', KEYS[3], 'XX', now + lease, ARGV[2])
 return {status, ARGV[2], '', lost, 0}

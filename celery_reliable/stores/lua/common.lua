@@ -1,7 +1,11 @@
--- Shared by every script (prepended when loaded). Key states are cjson arrays:
---   {state, fingerprint, task_id, owner_or_result, lease_until_ms, lost}
--- with one-letter states to keep a remembered key small:
---   Q queued, R running, D done (4th field: result JSON or ''), X dead.
+-- Shared by every script (prepended when loaded).
+-- Key states queued/running/dead are cjson arrays:
+--   {state, fingerprint, task_id, owner, lease_until_ms, lost}   state: Q, R or X
+-- A done key, kept for the whole retention window, is packed into one short
+-- string so that Redis stores it inline (44 bytes or less for a UUID task id
+-- and a None result):
+--   'D' .. fingerprint[1..8] .. compact_task_id .. '\t' .. result
+-- where the result is '' for None, '~' when it was not kept, else its JSON.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -9,7 +13,16 @@ end
 local function get_state(key)
   local raw = redis.call('GET', key)
   if not raw then return nil end
+  if string.sub(raw, 1, 1) == 'D' then
+    local rest = string.sub(raw, 10)
+    local tab = string.find(rest, '\t', 1, true)
+    return {'D', string.sub(raw, 2, 9), string.sub(rest, 1, tab - 1), string.sub(rest, tab + 1)}
+  end
   return cjson.decode(raw)
+end
+local function same_args(cur, fingerprint)
+  if cur[1] == 'D' then return cur[2] == string.sub(fingerprint, 1, 8) end
+  return cur[2] == fingerprint
 end
 local function set_state(key, value, ttl_ms)
   redis.call('SET', key, cjson.encode(value), 'PX', ttl_ms)

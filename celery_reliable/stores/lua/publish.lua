@@ -3,7 +3,7 @@
 --       name, key, body, content_type, content_encoding, options
 local cur = get_state(KEYS[1])
 if cur and ARGV[3] == '1' and cur[1] ~= 'X' then
-  if cur[2] ~= ARGV[2] then return {'conflict', cur[3]} end
+  if not same_args(cur, ARGV[2]) then return {'conflict', cur[3]} end
   if cur[1] == 'D' then return {'done', cur[3]} end
   return {'in_flight', cur[3]}
 end
