@@ -62,8 +62,8 @@ def fill(store: RedisStore, first: int, n: int, batch: int, mode: str) -> None:
             names = list(store._names(key, task_id))
             store._scripts["claim"](keys=names, client=pipe, args=[
                 fp, task_id, owner, _ms(LEASE), MAX_LOST, STALE_TTL_MS])
-            store._scripts["complete"](keys=names, client=pipe, args=[
-                owner, fp, task_id, result or "", _ms(RETENTION)])
+            done_keys, done_args = store.complete_call(key, fp, owner, task_id, result, RETENTION)
+            store._scripts["complete"](keys=done_keys, client=pipe, args=done_args)
         replies = pipe.execute()
         if any(r != 1 for r in replies[1::2]) or any(r[0] != "claimed" for r in replies[0::2]):
             raise RuntimeError("a claim or complete did not succeed")

@@ -166,13 +166,19 @@ class RedisStore(Store):
         self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
         retention: float,
     ) -> bool:
+        return bool(self._run("complete", *self.complete_call(
+            key, fingerprint, owner, task_id, result, retention
+        )))
+
+    def complete_call(
+        self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
+        retention: float,
+    ) -> tuple[list[str], list[Any]]:
+        """(keys, args) of the complete script (benchmarks pipeline it)."""
         packed = "~" if result is None else ("" if result == "null" else result)
-        ok = self._run(
-            "complete",
-            self._names(key, task_id),
-            [owner, fingerprint[:8], _compact(task_id), packed, _ms(retention), task_id],
-        )
-        return bool(ok)
+        return list(self._names(key, task_id)), [
+            owner, fingerprint[:8], _compact(task_id), packed, _ms(retention), task_id
+        ]
 
     @_guarded
     def release(self, key: str, owner: str, task_id: str, requeued: bool) -> bool:
