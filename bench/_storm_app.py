@@ -28,6 +28,8 @@ app.conf.update(
     reliable_retry_budget_ratio=float(os.environ.get("STORM_RATIO", "0.2")),
     reliable_retry_budget_floor=float(os.environ.get("STORM_FLOOR", "1")),
     reliable_retry_budget_window=float(os.environ.get("STORM_WINDOW", "10")),
+    # the breaker would stop the storm first; --breaker-threshold sets it
+    reliable_breaker_threshold=int(os.environ.get("STORM_BREAKER_THRESHOLD", "5")),
 )
 _counter = redis.Redis.from_url(os.environ.get("STORM_COUNTER", "redis://127.0.0.1:6379/11"))
 

@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.2)
     parser.add_argument("--floor", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--breaker-threshold", type=int, default=1_000_000,
+                        help="consecutive failures that open the breaker (default: never, to "
+                             "measure the budget alone; the library default is 5)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -36,6 +39,7 @@ def main() -> None:
     env = {
         "STORM_PREFIX": run, "STORM_QUEUE": run, "STORM_RATIO": str(args.ratio),
         "STORM_FLOOR": str(args.floor), "STORM_WINDOW": str(args.window),
+        "STORM_BREAKER_THRESHOLD": str(args.breaker_threshold),
     }
     os.environ.update(env)
     import _storm_app  # configured from the environment above
@@ -64,20 +68,21 @@ def main() -> None:
         )
     seconds = sorted(per_second)
     rows, worst = [], 0.0
-    for i, second in enumerate(seconds):
+    for second in seconds:
         window = [per_second.get(s, {"first": 0, "retry": 0})
                   for s in range(second - args.window + 1, second + 1)]
         firsts = sum(w["first"] for w in window)
         retries = sum(w["retry"] for w in window)
         allowed = args.ratio * firsts + args.floor * args.window
         worst = max(worst, retries / allowed if allowed else 0)
-        rows.append([i, per_second[second]["first"], per_second[second]["retry"], retries,
-                     round(allowed, 1)])
+        now = per_second[second]
+        rows.append([second - seconds[0], now["first"], now["retry"], retries, round(allowed, 1)])
     total_retries = sum(v["retry"] for v in per_second.values())
     duration = (seconds[-1] - seconds[0] + 1) if seconds else 0
     result = {
         "machine": machine(), "tasks": args.tasks, "workers": args.workers,
         "budget": {"ratio": args.ratio, "floor_per_s": args.floor, "window_s": args.window},
+        "breaker_threshold": args.breaker_threshold,
         "first_attempts": sum(v["first"] for v in per_second.values()),
         "retries": total_retries,
         "seconds": duration,
