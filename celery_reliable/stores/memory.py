@@ -13,14 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from celery_reliable.stores import decisions
 from celery_reliable.stores.base import (
     BreakerCheck,
     Claim,
-    ClaimStatus,
     KeyState,
     Lease,
     PublishOutcome,
-    PublishStatus,
     Store,
     SweepPolicy,
     TaskRecord,
@@ -56,73 +55,37 @@ class MemoryStore(Store):
     def publish(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> PublishOutcome:
         with self._lock:
             now = self.clock()
-            current = self._key(record.key)
-            if current is not None and dedupe and current.state != "dead":
-                if current.fingerprint != record.fingerprint:
-                    return PublishOutcome(PublishStatus.CONFLICT, current.task_id)
-                status = PublishStatus.DONE if current.state == "done" else PublishStatus.IN_FLIGHT
-                return PublishOutcome(status, current.task_id)
-            # A done key is never downgraded: a copy published without dedupe is
-            # skipped by its claim.
-            if current is None or current.state == "dead":
-                self._keys[record.key] = (
-                    KeyState("queued", record.fingerprint, record.task_id), None
-                )
-            self._records[record.task_id] = replace(record, published_at=now, state="queued")
-            self._due[record.task_id] = now + deadline_in
-            return PublishOutcome(PublishStatus.NEW, record.task_id)
+            decision = decisions.publish(
+                self._key(record.key), record.fingerprint, record.task_id, dedupe
+            )
+            if decision.write is not None:
+                self._keys[record.key] = (decision.write, None)
+            if decision.persist:
+                self._records[record.task_id] = replace(record, published_at=now, state="queued")
+                self._due[record.task_id] = now + deadline_in
+            return decision.outcome
 
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
         with self._lock:
-            current = self._key(key)
-            if current is None or current.state in ("queued", "dead"):
-                return PublishOutcome(PublishStatus.NEW)
-            if current.fingerprint != fingerprint:
-                return PublishOutcome(PublishStatus.CONFLICT, current.task_id)
-            if current.state == "done":
-                return PublishOutcome(PublishStatus.DONE, current.task_id)
-            if (current.lease_until or 0) > self.clock():
-                return PublishOutcome(PublishStatus.IN_FLIGHT, current.task_id)
-            return PublishOutcome(PublishStatus.NEW)
+            return decisions.lookup(self._key(key), fingerprint, self.clock())
 
     def claim(
         self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
     ) -> Claim:
         with self._lock:
             now = self.clock()
-            current = self._key(key)
-            lost = 0
-            status = ClaimStatus.CLAIMED
-            if current is not None:
-                if current.fingerprint != fingerprint:
-                    return Claim(ClaimStatus.CONFLICT, current.task_id)
-                if current.state == "done":
-                    if current.task_id != task_id:
-                        self._drop_record(task_id)
-                    return Claim(ClaimStatus.DONE, current.task_id, current.result)
-                lost = current.lost
-                if current.state == "dead":
-                    return Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost)
-                if current.state == "running":
-                    left = (current.lease_until or 0) - now
-                    if left > 0 and current.owner != owner:
-                        return Claim(ClaimStatus.BUSY, current.task_id, lost=lost, lease_left=left)
-                    lost += 1
-                    status = ClaimStatus.TAKEN_OVER
-                    if lost >= max_lost:
-                        # The key stays dead so stale copies the broker still holds are absorbed.
-                        self._keys[key] = (
-                            KeyState("dead", fingerprint, current.task_id, lost=lost), None
-                        )
-                        return Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost)
-            self._keys[key] = (
-                KeyState("running", fingerprint, task_id, owner, now + lease, lost), None
+            decision = decisions.claim(
+                self._key(key), fingerprint, task_id, owner, lease, max_lost, now
             )
+            if decision.write is not None:
+                self._keys[key] = (decision.write, None)
+            if decision.drop_copy:
+                self._drop_record(task_id)
             record = self._records.get(task_id)
-            if record is not None:
+            if decision.runs and record is not None:
                 self._records[task_id] = replace(record, state="running")
                 self._due[task_id] = now + lease
-            return Claim(status, task_id, lost=lost)
+            return decision.claim
 
     def heartbeat(self, leases: Sequence[Lease], lease: float) -> list[bool]:
         with self._lock:

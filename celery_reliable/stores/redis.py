@@ -272,6 +272,7 @@ class RedisStore(Store):
         raw = self.client.get(self._names(key, "")[0])
         if raw is None:
             return None
+        raw = str(raw)  # decode_responses=True
         if raw.startswith("D"):
             task_id, _, result = raw[9:].partition("\t")
             return KeyState("done", raw[1:9], _expand(task_id) or "",

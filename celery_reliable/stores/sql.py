@@ -53,15 +53,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
 from celery_reliable.errors import ConfigurationError, StoreError, StoreUnavailable
-from celery_reliable.stores import migrations
+from celery_reliable.stores import decisions, migrations
 from celery_reliable.stores.base import (
     BreakerCheck,
     Claim,
-    ClaimStatus,
     KeyState,
     Lease,
     PublishOutcome,
-    PublishStatus,
     Store,
     SweepPolicy,
     TaskRecord,
@@ -240,36 +238,24 @@ class SQLStore(Store):
     def publish(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> PublishOutcome:
         def work(conn: Connection) -> PublishOutcome:
             locked = self._lock_key(conn, record.key)
-            current, now = locked.state, locked.now
-            if current is not None and dedupe and current.state != "dead":
-                if current.fingerprint != record.fingerprint:
-                    return PublishOutcome(PublishStatus.CONFLICT, current.task_id)
-                status = PublishStatus.DONE if current.state == "done" else PublishStatus.IN_FLIGHT
-                return PublishOutcome(status, current.task_id)
-            # A done key is never downgraded: a copy published without dedupe is
-            # skipped by its claim.
-            if current is None or current.state == "dead":
-                queued = KeyState("queued", record.fingerprint, record.task_id)
-                self._write_key(conn, locked, record.key, queued)
-            fresh = replace(
-                record, published_at=now, state="queued", reason=None, error=None, dead_at=None
+            now = locked.now
+            decision = decisions.publish(
+                locked.state, record.fingerprint, record.task_id, dedupe
             )
-            self._save_record(conn, {**asdict(fresh), "deadline": now + deadline_in})
-            return PublishOutcome(PublishStatus.NEW, record.task_id)
+            if decision.write is not None:
+                self._write_key(conn, locked, record.key, decision.write)
+            if decision.persist:
+                fresh = replace(
+                    record, published_at=now, state="queued", reason=None, error=None,
+                    dead_at=None,
+                )
+                self._save_record(conn, {**asdict(fresh), "deadline": now + deadline_in})
+            return decision.outcome
 
         return self._write(work)
 
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
-        current = self.get_key(key)
-        if current is None or current.state in ("queued", "dead"):
-            return PublishOutcome(PublishStatus.NEW)
-        if current.fingerprint != fingerprint:
-            return PublishOutcome(PublishStatus.CONFLICT, current.task_id)
-        if current.state == "done":
-            return PublishOutcome(PublishStatus.DONE, current.task_id)
-        if (current.lease_until or 0) > time.time():
-            return PublishOutcome(PublishStatus.IN_FLIGHT, current.task_id)
-        return PublishOutcome(PublishStatus.NEW)
+        return decisions.lookup(self.get_key(key), fingerprint, time.time())
 
     # -- consumer side -----------------------------------------------------------------
     def claim(
@@ -277,34 +263,17 @@ class SQLStore(Store):
     ) -> Claim:
         def work(conn: Connection) -> Claim:
             locked = self._lock_key(conn, key)
-            current, now = locked.state, locked.now
-            lost = 0
-            status = ClaimStatus.CLAIMED
-            if current is not None:
-                if current.fingerprint != fingerprint:
-                    return Claim(ClaimStatus.CONFLICT, current.task_id)
-                if current.state == "done":
-                    if current.task_id != task_id:
-                        self._drop_record(conn, task_id)
-                    return Claim(ClaimStatus.DONE, current.task_id, current.result)
-                lost = current.lost
-                if current.state == "dead":
-                    return Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost)
-                if current.state == "running":
-                    left = (current.lease_until or 0) - now
-                    if left > 0 and current.owner != owner:
-                        return Claim(ClaimStatus.BUSY, current.task_id, lost=lost, lease_left=left)
-                    lost += 1
-                    status = ClaimStatus.TAKEN_OVER
-                    if lost >= max_lost:
-                        # The key stays dead so stale copies the broker still holds are absorbed.
-                        dead = KeyState("dead", fingerprint, current.task_id, lost=lost)
-                        self._write_key(conn, locked, key, dead)
-                        return Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost)
-            running = KeyState("running", fingerprint, task_id, owner, now + lease, lost)
-            self._write_key(conn, locked, key, running)
-            self._move_deadline(conn, [task_id], now + lease, state="running")
-            return Claim(status, task_id, lost=lost)
+            now = locked.now
+            decision = decisions.claim(
+                locked.state, fingerprint, task_id, owner, lease, max_lost, now
+            )
+            if decision.write is not None:
+                self._write_key(conn, locked, key, decision.write)
+            if decision.drop_copy:
+                self._drop_record(conn, task_id)
+            if decision.runs:
+                self._move_deadline(conn, [task_id], now + lease, state="running")
+            return decision.claim
 
         return self._write(work)
 

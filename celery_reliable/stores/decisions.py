@@ -1,0 +1,105 @@
+"""What an operation does to a key, as pure functions of the key's current state.
+
+The memory and SQL stores call these inside their lock or transaction and then
+write what they say; the Redis scripts (``lua/``) do the same in Lua.  Keeping
+the rules in one place keeps the backends from drifting apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery_reliable.stores.base import (
+    Claim,
+    ClaimStatus,
+    KeyState,
+    PublishOutcome,
+    PublishStatus,
+)
+
+
+@dataclass(frozen=True)
+class PublishDecision:
+    outcome: PublishOutcome
+    write: KeyState | None = None
+    """The key state to write, if any."""
+
+    @property
+    def persist(self) -> bool:
+        """Write the task record: the message is going to the broker."""
+        return self.outcome.status is PublishStatus.NEW
+
+
+def publish(
+    current: KeyState | None, fingerprint: str, task_id: str, dedupe: bool
+) -> PublishDecision:
+    if current is not None and dedupe and current.state != "dead":
+        if current.fingerprint != fingerprint:
+            return PublishDecision(PublishOutcome(PublishStatus.CONFLICT, current.task_id))
+        status = PublishStatus.DONE if current.state == "done" else PublishStatus.IN_FLIGHT
+        return PublishDecision(PublishOutcome(status, current.task_id))
+    new = PublishOutcome(PublishStatus.NEW, task_id)
+    # A done key is never downgraded: a copy published without dedupe is skipped
+    # by its claim.  A running key is left to its owner (a retry re-persists).
+    if current is None or current.state == "dead":
+        return PublishDecision(new, KeyState("queued", fingerprint, task_id))
+    return PublishDecision(new)
+
+
+def lookup(current: KeyState | None, fingerprint: str, now: float) -> PublishOutcome:
+    """Without a record, only done keys and live leases prove the task exists."""
+    if current is None or current.state in ("queued", "dead"):
+        return PublishOutcome(PublishStatus.NEW)
+    if current.fingerprint != fingerprint:
+        return PublishOutcome(PublishStatus.CONFLICT, current.task_id)
+    if current.state == "done":
+        return PublishOutcome(PublishStatus.DONE, current.task_id)
+    if (current.lease_until or 0) > now:
+        return PublishOutcome(PublishStatus.IN_FLIGHT, current.task_id)
+    return PublishOutcome(PublishStatus.NEW)
+
+
+@dataclass(frozen=True)
+class ClaimDecision:
+    claim: Claim
+    write: KeyState | None = None
+    """The key state to write, if any."""
+    drop_copy: bool = False
+    """Delete the claiming copy's record: it was absorbed by a done key."""
+
+    @property
+    def runs(self) -> bool:
+        """The record moves to running, due at the lease's end."""
+        return self.claim.runs
+
+
+def claim(
+    current: KeyState | None, fingerprint: str, task_id: str, owner: str, lease: float,
+    max_lost: int, now: float,
+) -> ClaimDecision:
+    lost = 0
+    status = ClaimStatus.CLAIMED
+    if current is not None:
+        if current.fingerprint != fingerprint:
+            return ClaimDecision(Claim(ClaimStatus.CONFLICT, current.task_id))
+        if current.state == "done":
+            done = Claim(ClaimStatus.DONE, current.task_id, current.result)
+            return ClaimDecision(done, drop_copy=current.task_id != task_id)
+        lost = current.lost
+        if current.state == "dead":
+            return ClaimDecision(Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost))
+        if current.state == "running":
+            left = (current.lease_until or 0) - now
+            if left > 0 and current.owner != owner:
+                busy = Claim(ClaimStatus.BUSY, current.task_id, lost=lost, lease_left=left)
+                return ClaimDecision(busy)
+            lost += 1
+            status = ClaimStatus.TAKEN_OVER
+            if lost >= max_lost:
+                # The key stays dead so stale copies the broker still holds are absorbed.
+                return ClaimDecision(
+                    Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost),
+                    KeyState("dead", fingerprint, current.task_id, lost=lost),
+                )
+    running = KeyState("running", fingerprint, task_id, owner, now + lease, lost)
+    return ClaimDecision(Claim(status, task_id, lost=lost), running)
