@@ -257,6 +257,39 @@ class Settings:
         _number(1, integer=True),
         per_task=True,
     )
+    state_enabled: bool = setting(
+        True, "Record every state transition of reliable tasks (timelines, stuck, stats).",
+        _bool,
+    )
+    state_store_url: str | None = setting(
+        None,
+        "Where transitions are recorded; unset: the reliable_store_url store.",
+        _store_url,
+    )
+    state_retention: float = setting(
+        7 * 86400.0,
+        "Seconds a task's states are kept after its last transition.",
+        _number(60),
+    )
+    state_flush: str = setting(
+        "async",
+        "'async': a background thread writes the buffered transitions every "
+        "state_flush_interval (no cost on the task's path; a SIGKILL loses the last fraction "
+        "of a second of history, never the task). 'sync': written before the call returns.",
+        _choice("async", "sync"),
+    )
+    state_flush_interval: float = setting(
+        0.2, "Seconds between two writes of the async buffer.", _number(0.01)
+    )
+    state_buffer_size: int = setting(
+        10_000,
+        "Transitions a process holds while the state store is slow or down; beyond it new "
+        "ones are dropped and counted (the tasks are not affected).",
+        _number(1, integer=True),
+    )
+    state_batch_size: int = setting(
+        500, "Transitions written per state store call.", _number(1, integer=True)
+    )
     redis_shards: int = setting(
         1,
         "Redis store only: spread keys over this many hash-tag slots (Redis Cluster).",

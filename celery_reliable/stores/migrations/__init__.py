@@ -28,6 +28,14 @@ Tables, for prefix ``p``:
     serialize.
 ``p_breakers``
     one row per circuit breaker.
+``p_states``
+    the current state of each task (:mod:`celery_reliable.states`), indexed on
+    ``(state, since)`` for "stuck" queries, on ``since`` for pruning and on ``key``.
+``p_transitions``
+    the append-only history of state transitions, indexed on ``(task_id, at)``
+    for a timeline and on ``at`` for time ranges.
+``p_state_counts``
+    transitions per minute, task name and state: stats read a few rows, not the history.
 ``p_schema_version``
     one row per applied step.
 """
@@ -110,6 +118,9 @@ class Schema:
     budget: Table
     breakers: Table
     versions: Table
+    states: Table
+    transitions: Table
+    state_counts: Table
 
 
 def _table(metadata: MetaData, name: str, *items: SchemaItem) -> Table:
@@ -183,7 +194,52 @@ def schema(prefix: str) -> Schema:
         Column("description", String(255), nullable=False),
         Column("applied_at", Double(), nullable=False),
     )
-    return Schema(prefix, md, keys, tasks, sweeper, budget, breakers, versions)
+    states, transitions, state_counts = _state_tables(md, prefix)
+    return Schema(
+        prefix, md, keys, tasks, sweeper, budget, breakers, versions,
+        states=states, transitions=transitions, state_counts=state_counts,
+    )
+
+
+def _state_tables(md: MetaData, prefix: str) -> tuple[Table, Table, Table]:
+    """The state store's tables (step 3). Index names stay within MySQL's 64 characters."""
+    states = _table(
+        md, f"{prefix}_states",
+        Column("task_id", ExactString(255), primary_key=True),
+        Column("name", String(255), nullable=False),
+        Column("key", ExactString(512), nullable=False),
+        Column("state", String(16), nullable=False),
+        Column("since", Double(), nullable=False),
+        Column("attempt", Integer, nullable=False),
+        Column("worker", String(255)),
+        Index(f"{prefix}_states_state_since", "state", "since"),
+        Index(f"{prefix}_states_since", "since"),
+        Index(f"{prefix}_states_key", "key"),
+    )
+    transitions = _table(
+        md, f"{prefix}_transitions",
+        Column("id", String(32), primary_key=True),
+        Column("task_id", ExactString(255), nullable=False),
+        Column("name", String(255), nullable=False),
+        Column("key", String(512), nullable=False),
+        Column("state", String(16), nullable=False),
+        Column("attempt", Integer, nullable=False),
+        Column("worker", String(255)),
+        Column("at", Double(), nullable=False),
+        Column("error_type", String(255)),
+        Column("error_message", _LONG_TEXT),
+        Column("detail", _LONG_TEXT),
+        Index(f"{prefix}_transitions_task_at", "task_id", "at"),
+        Index(f"{prefix}_transitions_at", "at"),
+    )
+    state_counts = _table(
+        md, f"{prefix}_state_counts",
+        Column("minute", BigInteger, primary_key=True, autoincrement=False),
+        Column("name", ExactString(255), primary_key=True),
+        Column("state", String(16), primary_key=True),
+        Column("n", BigInteger, nullable=False),
+    )
+    return states, transitions, state_counts
 
 
 @dataclass(frozen=True)
@@ -206,9 +262,15 @@ def _v2(conn: Connection, tables: Schema) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v3(conn: Connection, tables: Schema) -> None:
+    for table in (tables.states, tables.transitions, tables.state_counts):
+        table.create(conn, checkfirst=True)
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "keys, tasks and sweeper tables", _v1),
     Step(2, "retry budget and circuit breaker tables", _v2),
+    Step(3, "task states, transitions and state counts", _v3),
 )
 SCHEMA_VERSION = STEPS[-1].version
 

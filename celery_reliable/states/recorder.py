@@ -1,0 +1,254 @@
+"""The recorder: where tasks and signal handlers report state transitions.
+
+``recorder.transition(task_id, name, key, state, ...)`` never raises and never
+blocks on the store in the default mode: recording a state must not be able
+to lose, fail or duplicate the task it describes.  A write that fails is
+logged and counted; the transitions stay buffered and go with the next write.
+
+Flush modes (``reliable_state_flush``):
+
+``async`` (default)
+    ``transition()`` appends to a per-process buffer; a daemon thread writes
+    the buffer with one ``record()`` call (one Redis round trip, one SQL
+    transaction) every ``reliable_state_flush_interval`` (0.2 s).  The task's
+    hot path pays no round trip.  Trade-off: a process killed with SIGKILL
+    loses up to one interval of transitions (never the task: the rescuer and
+    the claim do not read states), and a reader sees states up to one interval
+    late.
+``sync``
+    ``transition()`` writes before it returns: nothing is lost with the
+    process, at the price of one store round trip per transition on the path
+    of the task.  A store that fails is not called again before a backoff
+    (0.5 s doubling to 30 s): transitions buffer meanwhile.
+
+The buffer is bounded (``reliable_state_buffer_size``): while the store is
+down, transitions beyond it are dropped and counted.  Each transition carries
+a unique id, so a batch written again after an ambiguous failure is not
+recorded twice.
+
+Fork safety: after ``os.fork()`` (prefork pool) the child empties its copy of
+the buffer (the parent writes those), forgets the parent's flush thread and
+locks, and starts its own thread on its first transition.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery_reliable.errors import ReliableError
+from celery_reliable.states.config import ASYNC, SYNC
+from celery_reliable.states.machine import State
+from celery_reliable.states.model import RecordResult, Transition
+from celery_reliable.states.stores.base import StateStore
+
+logger = logging.getLogger("celery_reliable.states")
+
+#: Longest texts kept (the SQL columns' sizes; error messages are cut, not refused).
+_NAME_MAX, _MESSAGE_MAX = 255, 2000
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 30.0
+#: A failing store is logged at most this often (each failure is counted).
+_LOG_EVERY = 30.0
+_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+COUNTERS = ("written", "duplicates", "rejected_illegal", "write_errors",
+            "dropped_on_overflow", "dropped_on_error")
+
+
+class Recorder:
+    def __init__(
+        self, store: StateStore | Callable[[], StateStore], *, flush: str = ASYNC,
+        interval: float = 0.2, buffer_size: int = 10_000, batch_size: int = 500,
+        enabled: bool = True,
+    ) -> None:
+        """``store`` may be a callable that opens it: nothing connects before the first write."""
+        if flush not in (SYNC, ASYNC):
+            raise ValueError(f"flush must be {SYNC!r} or {ASYNC!r}, got {flush!r}")
+        self._opener = store if callable(store) else None
+        self._store = None if callable(store) else store
+        self.mode = flush
+        self.interval = interval
+        self.buffer_size = buffer_size
+        self.batch_size = batch_size
+        self.enabled = enabled
+        self._reset()
+        _recorders.add(self)
+
+    def _reset(self) -> None:
+        """Per-process state: built at start and again in a forked child."""
+        self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
+        self._lock = threading.Lock()  # the buffer, the counters, the clock
+        self._flushing = threading.Lock()  # one write at a time: batches stay in order
+        self._buffer: deque[Transition] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_us = 0
+        self._failures = 0
+        self._retry_at = 0.0
+        self._logged_at = -_LOG_EVERY
+
+    # -- the caller's side ---------------------------------------------------------
+    def transition(
+        self, task_id: str, name: str, key: str, state: State, *, attempt: int = 1,
+        worker: str | None = None, error: BaseException | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record that the task moved to ``state`` now.  Never raises, never blocks (async)."""
+        if not self.enabled:
+            return
+        try:
+            state = State(state)
+        except ValueError:
+            with self._lock:
+                self.counters["rejected_illegal"] += 1
+            logger.error("unknown task state %r for %s[%s]: a bug, not recorded",
+                         state, name, task_id)
+            return
+        with self._lock:
+            # Whole microseconds (what Redis scores and ids keep), strictly increasing
+            # within a process even if the wall clock steps back: the order of one
+            # process's transitions is their order in time on every backend.
+            self._last_us = max(int(time.time() * 1_000_000), self._last_us + 1)
+            at = self._last_us / 1_000_000
+            if len(self._buffer) >= self.buffer_size:
+                self.counters["dropped_on_overflow"] += 1
+                return
+            self._buffer.append(Transition(
+                task_id=task_id, name=name[:_NAME_MAX], key=key, state=state,
+                attempt=attempt, worker=worker[:_NAME_MAX] if worker else None, at=at,
+                error_type=type(error).__name__[:_NAME_MAX] if error is not None else None,
+                error_message=str(error)[:_MESSAGE_MAX] if error is not None else None,
+                detail=dict(detail) if detail else None,
+            ))
+        if self.mode == SYNC:
+            self.flush()
+        elif self._thread is None:
+            self._start()
+
+    # -- writing -------------------------------------------------------------------
+    def flush(self, force: bool = False) -> None:
+        """Write what is buffered, in batches; after a failure, only once the backoff
+        passed (or ``force``).  Never raises."""
+        with self._flushing:
+            if not force and time.monotonic() < self._retry_at:
+                return
+            while True:
+                with self._lock:
+                    batch = [self._buffer.popleft()
+                             for _ in range(min(self.batch_size, len(self._buffer)))]
+                if not batch or not self._write(batch):
+                    return
+
+    def _write(self, batch: list[Transition]) -> bool:
+        """Write one batch; False when it went back to the buffer (the store failed)."""
+        try:
+            result = self._open().record(batch)
+        except ReliableError as exc:  # unreachable, refused, not migrated: try again later
+            self._failed(batch, exc)
+            return False
+        # A bug (ours or a driver's) would fail again with the same batch: drop it.
+        except Exception:
+            with self._lock:
+                self.counters["write_errors"] += 1
+                self.counters["dropped_on_error"] += len(batch)
+            logger.exception("recording %d task state transitions failed; dropped", len(batch))
+            return True
+        self._account(result)
+        return True
+
+    def _failed(self, batch: list[Transition], exc: ReliableError) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.counters["write_errors"] += 1
+            self._failures += 1
+            self._retry_at = now + min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
+            self._buffer.extendleft(reversed(batch))
+            overflow = len(self._buffer) - self.buffer_size
+            for _ in range(max(0, overflow)):
+                self._buffer.pop()  # the newest go: the older ones explain the state
+            self.counters["dropped_on_overflow"] += max(0, overflow)
+            log = now - self._logged_at >= _LOG_EVERY
+            if log:
+                self._logged_at = now
+            buffered = len(self._buffer)
+        if log:
+            logger.error(
+                "could not record task states (%s); %d transitions buffered, retrying in "
+                "%.1f s (write errors so far: %d)", exc, buffered, self._retry_at - now,
+                self.counters["write_errors"],
+            )
+
+    def _account(self, result: RecordResult) -> None:
+        with self._lock:
+            self._failures = 0
+            self._retry_at = 0.0
+            self.counters["written"] += result.written
+            self.counters["duplicates"] += result.duplicates
+            self.counters["rejected_illegal"] += len(result.rejected)
+        for r in result.rejected:
+            t = r.transition
+            where = (f"{r.previous.value if r.previous else '(nothing)'} -> {t.state.value}"
+                     + (f" -> {r.following.value}" if r.following else ""))
+            logger.error(
+                "illegal state transition %s for %s[%s] (key %r, attempt %d): a bug, "
+                "not recorded", where, t.name, t.task_id, t.key, t.attempt,
+            )
+
+    def _open(self) -> StateStore:
+        if self._store is None:
+            assert self._opener is not None
+            self._store = self._opener()
+        return self._store
+
+    # -- the flush thread ------------------------------------------------------------
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="celery-reliable-states", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the thread and write what is left (once, whatever the backoff)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self.flush(force=True)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._buffer)
+
+    def _after_fork_in_child(self) -> None:
+        self._reset()  # the parent writes the buffered transitions, not us
+        if self._store is not None:
+            self._store.after_fork()
+
+
+def flush_all() -> None:
+    """Write every recorder's buffer now (a process about to exit: prefork children end
+    with ``os._exit``, which skips ``atexit``; wire this to ``worker_process_shutdown``)."""
+    for recorder in list(_recorders):
+        recorder.flush(force=True)
+
+
+def _after_fork_in_child() -> None:
+    for recorder in list(_recorders):
+        recorder._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(flush_all)

@@ -1,0 +1,129 @@
+"""The state store interface: current state per task, append-only history, counts.
+
+Contract of every backend (memory, Redis, SQL):
+
+* :meth:`StateStore.record` writes a batch atomically (one Lua script per
+  shard in one round trip; one SQL transaction).  Each transition is checked
+  against the lifecycle (:mod:`celery_reliable.states.machine`) using the
+  task's current state, *including* the transitions before it in the same
+  batch; an illegal one is returned as rejected and not written.  A
+  transition whose id is already recorded is skipped (batches are retried).
+* A *late* transition (earlier than the task's current state: another
+  process recorded it first but flushed after) goes into the history at its
+  own time if it fits between its recorded neighbours, and leaves the current
+  state alone.
+* Reads never lock writers out; :meth:`prune` works in bounded batches.
+* Retention: a task's records are kept ``retention`` seconds after its last
+  transition (Redis expires them itself; :meth:`prune` drops them everywhere).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Sequence
+
+from celery_reliable.states.machine import NON_TERMINAL, State, check, fits
+from celery_reliable.states.model import RecordResult, Rejection, Stats, TaskState, Transition
+from celery_reliable.stores.base import Store
+
+
+class StateStore(abc.ABC):
+    url: str
+    retention: float
+
+    @classmethod
+    @abc.abstractmethod
+    def on(cls, store: Store, retention: float) -> StateStore:
+        """The state store that uses ``store``'s connection (opened for the same URL)."""
+
+    @abc.abstractmethod
+    def record(self, transitions: Sequence[Transition]) -> RecordResult:
+        """Validate and write ``transitions`` in order; which ones were rejected."""
+
+    @abc.abstractmethod
+    def current(self, task_id: str) -> TaskState | None: ...
+
+    @abc.abstractmethod
+    def timeline(self, task_id: str) -> list[Transition]:
+        """The task's transitions, oldest first (empty when unknown or pruned)."""
+
+    @abc.abstractmethod
+    def timeline_by_key(self, key: str) -> list[Transition]:
+        """Every recorded task of an idempotency key, their transitions merged by time."""
+
+    @abc.abstractmethod
+    def stuck(
+        self, older_than_seconds: float, states: Collection[State] | None = None,
+        limit: int = 100,
+    ) -> list[TaskState]:
+        """Tasks in a non-terminal state (or one of ``states``) for longer than the
+        threshold, oldest first."""
+
+    @abc.abstractmethod
+    def stats(self, window_seconds: float) -> Stats:
+        """Transitions per task name and state over the last ``window_seconds``,
+        rounded out to whole minutes."""
+
+    @abc.abstractmethod
+    def prune(self, before: float, limit: int = 1000) -> int:
+        """Forget at most ``limit`` tasks whose last transition is older than ``before``
+        (their current state, history and key index entries), and counts older than
+        it; returns how many tasks.  Call again while it returns ``limit``."""
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable/StoreError when the store cannot be used."""
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (SQL); a no-op elsewhere."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def after_fork(self) -> None:
+        """Forget connections inherited from the parent process."""
+
+
+def stuck_states(states: Collection[State] | None) -> list[State]:
+    """The states a stuck query looks at: the non-terminal ones asked for, in a fixed order."""
+    wanted = NON_TERMINAL if states is None else NON_TERMINAL & frozenset(states)
+    return sorted(wanted)
+
+
+class Admission:
+    """The validation every Python backend shares (the Lua script mirrors it).
+
+    Fed one transition at a time with what the backend knows of the task, it
+    says whether to write it; ``result()`` is the batch's :class:`RecordResult`.
+    """
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.duplicates = 0
+        self.rejected: list[Rejection] = []
+
+    def in_order(self, t: Transition, current: TaskState | None) -> bool:
+        """``t`` follows the current state (or the task is new)."""
+        previous = current.state if current is not None else None
+        if check(previous, t.state):
+            self.written += 1
+            return True
+        self.rejected.append(Rejection(t, previous))
+        return False
+
+    def late(self, t: Transition, before: State | None, after: State | None) -> bool:
+        """``t`` is older than the current state: insert it between its neighbours."""
+        if fits(before, t.state, after):
+            self.written += 1
+            return True
+        self.rejected.append(Rejection(t, before, after))
+        return False
+
+    def duplicate(self) -> None:
+        self.duplicates += 1
+
+    def result(self) -> RecordResult:
+        return RecordResult(self.written, self.duplicates, tuple(self.rejected))
+
+
+def is_late(t: Transition, current: TaskState | None) -> bool:
+    return current is not None and t.at < current.since

@@ -1,0 +1,240 @@
+"""Redis state store: one Lua script per write, one round trip per ``record()``.
+
+Layout, for prefix ``reliable`` and shard ``S`` (crc32 of the task id modulo
+``reliable_redis_shards``); times are microseconds, so scores are exact::
+
+    {reliable:st:S}:c:<task_id>  current state (hash: state, since, name, key, attempt, worker)
+    {reliable:st:S}:h:<task_id>  history: sorted set of JSON entries scored by time
+    {reliable:st:S}:i:<STATE>    tasks in that state, scored by when they entered it
+    {reliable:st:S}:k:<key>      tasks of an idempotency key, scored by their last transition
+    {reliable:st:S}:n:<minute>   counts: hash "<STATE>\\t<task name>" -> transitions that minute
+
+A task's current state, history and counts expire ``retention`` after their
+last write; :meth:`prune` removes the index entries of expired tasks (run it
+periodically: the rescuer does).  "Stuck" is a ZRANGEBYSCORE on the state
+indexes.  Everything one script touches shares the shard's hash tag, so the
+store works on Redis Cluster; a batch spanning shards is one pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import zlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from importlib import resources
+from typing import Any, cast
+
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+
+from celery_reliable.states.machine import State, lua_table
+from celery_reliable.states.model import (
+    RecordResult,
+    Rejection,
+    Stats,
+    TaskState,
+    Transition,
+    load_detail,
+    minute_of,
+    stats_range,
+)
+from celery_reliable.states.stores.base import StateStore, stuck_states
+from celery_reliable.stores.base import Store
+from celery_reliable.stores.redis import RedisStore, _guarded
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+class RedisStateStore(StateStore):
+    def __init__(self, store: RedisStore, retention: float) -> None:
+        """Borrows the connection settings (timeouts, TLS) of the store for the same URL."""
+        self.store = store
+        self.url = store.url
+        self.safe_url = store.safe_url
+        self.client = store.client
+        self.retention = retention
+        self.shards = store.shards
+        self.tags = [f"{{{store.prefix}:st:{shard}}}:" for shard in range(self.shards)]
+        self._scripts: dict[str, Script] = {
+            "record": self.client.register_script(lua_table() + _lua("record")),
+            "prune": self.client.register_script(_lua("prune")),
+        }
+
+    @classmethod
+    def on(cls, store: Store, retention: float) -> RedisStateStore:
+        assert isinstance(store, RedisStore)
+        return cls(store, retention)
+
+    def _tag(self, task_id: str) -> str:
+        return self.tags[zlib.crc32(task_id.encode()) % self.shards if self.shards > 1 else 0]
+
+    # -- writes ----------------------------------------------------------------------
+    @_guarded
+    def record(self, transitions: Sequence[Transition]) -> RecordResult:
+        by_shard: dict[str, list[int]] = {}
+        for i, t in enumerate(transitions):
+            by_shard.setdefault(self._tag(t.task_id), []).append(i)
+        calls = []
+        for tag, indexes in by_shard.items():
+            args: list[Any] = [int(self.retention * 1000)]
+            for i in indexes:
+                args.extend(_fields(transitions[i]))
+            calls.append((tag, args))
+        written = duplicates = 0
+        rejected: list[Rejection] = []
+        for indexes, reply in zip(by_shard.values(), self._run("record", calls), strict=True):
+            written += int(reply[0])
+            duplicates += int(reply[1])
+            for at in range(2, len(reply), 3):
+                t = transitions[indexes[int(reply[at])]]
+                rejected.append(Rejection(t, _state(reply[at + 1]), _state(reply[at + 2])))
+        return RecordResult(written, duplicates, tuple(rejected))
+
+    def _run(self, name: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """One script per shard, all in one round trip.
+
+        EVALSHA in a plain pipeline: a pipeline of ``Script`` objects would
+        first ask SCRIPT EXISTS, a second round trip.  A server that lost the
+        script (restarted, SCRIPT FLUSH) answers NOSCRIPT to every call, none
+        of which ran: load it and send the pipeline again.
+        """
+        script = self._scripts[name]
+        try:
+            return self._evalsha(script.sha, calls)
+        except NoScriptError:
+            self.client.script_load(script.script)
+            return self._evalsha(script.sha, calls)
+
+    def _evalsha(self, sha: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for tag, args in calls:
+            pipe.evalsha(sha, 1, tag, *args)
+        return list(pipe.execute())
+
+    @_guarded
+    def prune(self, before: float, limit: int = 1000) -> int:
+        pruned = 0
+        for tag in self.tags:
+            if pruned >= limit:
+                break
+            pruned += int(self._scripts["prune"](
+                keys=[tag], args=[_us(before), limit - pruned, *(s.value for s in State)],
+            ))
+        return pruned
+
+    # -- reads ---------------------------------------------------------------------
+    @_guarded
+    def current(self, task_id: str) -> TaskState | None:
+        values = self.client.hgetall(f"{self._tag(task_id)}c:{task_id}")
+        return _current(task_id, cast(Mapping[str, str], values)) if values else None
+
+    @_guarded
+    def timeline(self, task_id: str) -> list[Transition]:
+        entries = self.client.zrange(f"{self._tag(task_id)}h:{task_id}", 0, -1, withscores=True)
+        return [_transition(task_id, member, score) for member, score in _scored(entries)]
+
+    @_guarded
+    def timeline_by_key(self, key: str) -> list[Transition]:
+        pipe = self.client.pipeline(transaction=False)
+        for tag in self.tags:
+            pipe.zrange(f"{tag}k:{key}", 0, -1)
+        task_ids = sorted({task_id for ids in pipe.execute() for task_id in ids})
+        for task_id in task_ids:
+            pipe.zrange(f"{self._tag(task_id)}h:{task_id}", 0, -1, withscores=True)
+        merged = [
+            _transition(task_id, member, score)
+            for task_id, entries in zip(task_ids, pipe.execute(), strict=True)
+            for member, score in _scored(entries)
+        ]
+        return sorted(merged, key=lambda t: (t.at, t.id))
+
+    @_guarded
+    def stuck(
+        self, older_than_seconds: float, states: Collection[State] | None = None,
+        limit: int = 100,
+    ) -> list[TaskState]:
+        cut = _us(time.time() - older_than_seconds)
+        wanted = [(tag, state) for tag in self.tags for state in stuck_states(states)]
+        pipe = self.client.pipeline(transaction=False)
+        for tag, state in wanted:
+            pipe.zrangebyscore(f"{tag}i:{state.value}", "-inf", f"({cut}", start=0, num=limit,
+                               withscores=True)
+        candidates = sorted(
+            (score, task_id, state)
+            for (_, state), found in zip(wanted, pipe.execute(), strict=True)
+            for task_id, score in _scored(found)
+        )[:limit]
+        for _, task_id, _ in candidates:
+            pipe.hgetall(f"{self._tag(task_id)}c:{task_id}")
+        return [
+            _current(task_id, values)
+            for (_, task_id, state), values in zip(candidates, pipe.execute(), strict=True)
+            # an entry left by a task that expired (prune removes it) is not the task now
+            if values.get("state") == state.value
+        ]
+
+    @_guarded
+    def stats(self, window_seconds: float) -> Stats:
+        first, last = stats_range(window_seconds, time.time())
+        pipe = self.client.pipeline(transaction=False)
+        for tag in self.tags:
+            for minute in range(first, last + 1):
+                pipe.hgetall(f"{tag}n:{minute}")
+        counts: dict[str, dict[State, int]] = {}
+        for bucket in pipe.execute():
+            for field, n in bucket.items():
+                state, _, name = field.partition("\t")
+                per_state = counts.setdefault(name, {})
+                per_state[State(state)] = per_state.get(State(state), 0) + int(n)
+        return Stats(window_seconds, first * 60.0, counts)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def ping(self) -> None:
+        self.store.ping()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def after_fork(self) -> None:
+        self.store.after_fork()
+
+
+def _fields(t: Transition) -> Iterable[Any]:
+    return (
+        t.id, t.task_id, t.name, t.key, t.state.value, t.attempt, t.worker or "", _us(t.at),
+        minute_of(t.at), t.error_type or "", t.error_message or "", t.detail_json() or "",
+    )
+
+
+def _state(value: str) -> State | None:
+    return State(value) if value else None
+
+
+def _scored(entries: Any) -> list[tuple[str, float]]:
+    """ZRANGE ... WITHSCORES as typed pairs (redis-py's annotations cannot say it)."""
+    return cast(list[tuple[str, float]], entries)
+
+
+def _current(task_id: str, v: Mapping[str, str]) -> TaskState:
+    return TaskState(
+        task_id, v.get("name", ""), v.get("key", ""), State(v["state"]),
+        int(v["since"]) / 1e6, int(v.get("attempt") or 1), v.get("worker") or None,
+    )
+
+
+def _transition(task_id: str, member: str, score: float) -> Transition:
+    tid, state, attempt, worker, etype, emsg, detail, name, key = json.loads(member)
+    return Transition(
+        task_id=task_id, name=name, key=key, state=State(state), attempt=int(attempt),
+        worker=worker or None, at=score / 1e6, error_type=etype or None,
+        error_message=emsg or None, detail=load_detail(detail), id=tid,
+    )
+
+
+@functools.cache
+def _lua(name: str) -> str:
+    return (resources.files("celery_reliable.states.stores") / "lua" / f"{name}.lua").read_text()

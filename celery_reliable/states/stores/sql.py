@@ -1,0 +1,287 @@
+"""SQL state store (PostgreSQL, MariaDB/MySQL, SQLite), on the SQL store's engine.
+
+It opens through :class:`celery_reliable.stores.sql.SQLStore` for the same
+URL, so it shares its driver choice, timeouts, SQLite WAL and locking setup,
+deadlock retries, error mapping and versioned schema (the tables come from
+step 3 of :mod:`celery_reliable.stores.migrations`).
+
+``record()`` is one transaction: it locks the current rows of the batch's
+tasks (in task id order, so two batches cannot deadlock on them), decides in
+Python with the same :class:`Admission` as the memory store, then appends the
+history rows, writes the current rows and adds to the per-minute counts.
+Two processes recording the first transition of one task at once both
+INSERT its current row: the loser starts over and, this time, locks it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Insert,
+    RowMapping,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from celery_reliable.states.machine import State
+from celery_reliable.states.model import (
+    RecordResult,
+    Stats,
+    TaskState,
+    Transition,
+    load_detail,
+    minute_of,
+    stats_range,
+)
+from celery_reliable.states.stores.base import Admission, StateStore, is_late, stuck_states
+from celery_reliable.stores.base import Store
+from celery_reliable.stores.sql import SQLStore, _Retry
+
+#: Minutes of counts one ``prune()`` call deletes at most: a short transaction.
+PRUNE_COUNT_MINUTES = 60
+
+
+class SQLStateStore(StateStore):
+    def __init__(self, store: SQLStore, retention: float) -> None:
+        self.store = store
+        self.url = store.url
+        self.safe_url = store.safe_url
+        self.retention = retention
+        self.states = store.schema.states
+        self.history = store.schema.transitions
+        self.counts = store.schema.state_counts
+
+    @classmethod
+    def on(cls, store: Store, retention: float) -> SQLStateStore:
+        assert isinstance(store, SQLStore)
+        return cls(store, retention)
+
+    # -- writes ----------------------------------------------------------------------
+    def record(self, transitions: Sequence[Transition]) -> RecordResult:
+        if not transitions:
+            return RecordResult()
+        return self.store._write(lambda conn: self._record(conn, transitions))
+
+    def _record(self, conn: Connection, transitions: Sequence[Transition]) -> RecordResult:
+        s, h = self.states, self.history
+        known = set(conn.scalars(select(h.c.id).where(h.c.id.in_([t.id for t in transitions]))))
+        task_ids = sorted({t.task_id for t in transitions})
+        locked = select(s).where(s.c.task_id.in_(task_ids)).order_by(s.c.task_id)
+        stored = {row["task_id"]: _task_state(row)
+                  for row in conn.execute(locked.with_for_update()).mappings()}
+        current = dict(stored)
+        admission = Admission()
+        accepted: list[Transition] = []
+        for t in transitions:
+            if t.id in known:
+                admission.duplicate()
+                continue
+            now = current.get(t.task_id)
+            if is_late(t, now):
+                before, after = self._neighbours(conn, t, accepted)
+                if not admission.late(t, before, after):
+                    continue
+            elif admission.in_order(t, now):
+                current[t.task_id] = TaskState.of(t)
+            else:
+                continue
+            known.add(t.id)
+            accepted.append(t)
+        if accepted:
+            conn.execute(insert(h), [_history_row(t) for t in accepted])
+            self._write_current(conn, stored, current)
+            self._count(conn, accepted)
+        return admission.result()
+
+    def _neighbours(
+        self, conn: Connection, t: Transition, accepted: Sequence[Transition]
+    ) -> tuple[State | None, State | None]:
+        """The states recorded just before and just after ``t``'s time (this batch included)."""
+        h = self.history
+        task = h.c.task_id == t.task_id
+        rows: list[tuple[float, str]] = [
+            (row.at, row.state) for row in (
+                conn.execute(select(h.c.at, h.c.state).where(task, h.c.at < t.at)
+                             .order_by(h.c.at.desc()).limit(1)).first(),
+                conn.execute(select(h.c.at, h.c.state).where(task, h.c.at > t.at)
+                             .order_by(h.c.at).limit(1)).first(),
+            ) if row is not None
+        ]
+        rows += [(a.at, a.state.value) for a in accepted if a.task_id == t.task_id]
+        before = max((r for r in rows if r[0] < t.at), default=None)
+        after = min((r for r in rows if r[0] > t.at), default=None)
+        return (State(before[1]) if before else None, State(after[1]) if after else None)
+
+    def _write_current(
+        self, conn: Connection, stored: dict[str, TaskState], current: dict[str, TaskState]
+    ) -> None:
+        s = self.states
+        fresh = [_state_row(c) for task_id, c in sorted(current.items()) if task_id not in stored]
+        moved = [_state_row(c, "b_") for task_id, c in current.items()
+                 if task_id in stored and stored[task_id] != c]
+        if fresh:
+            self._insert_new(conn, fresh)
+        if moved:
+            names = [c.name for c in s.columns if c.name != "task_id"]
+            conn.execute(
+                update(s).where(s.c.task_id == bindparam("b_task_id"))
+                .values({n: bindparam(f"b_{n}") for n in names}),
+                moved,
+            )
+
+    def _insert_new(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """INSERT current rows that did not exist; when another transaction created one
+        meanwhile, start over so that this time it is read under its lock."""
+        s = self.states
+        if self.store.dialect == "mysql":
+            try:
+                conn.execute(insert(s).values(rows))
+            except sa_exc.IntegrityError as exc:  # only the primary key can collide
+                raise _Retry from exc
+            return
+        dialect_insert = postgresql.insert if self.store.dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(s).values(rows).on_conflict_do_nothing()
+        if conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount != len(rows):
+            raise _Retry
+
+    def _count(self, conn: Connection, accepted: Sequence[Transition]) -> None:
+        """Add the batch to the per-minute counts, rows in key order (no deadlocks)."""
+        c = self.counts
+        added = Counter((minute_of(t.at), t.name, t.state.value) for t in accepted)
+        rows = [{"minute": m, "name": n, "state": st, "n": k}
+                for (m, n, st), k in sorted(added.items())]
+        stmt: Insert
+        if self.store.dialect == "mysql":
+            upsert = mysql.insert(c).values(rows)
+            stmt = upsert.on_duplicate_key_update(n=c.c.n + upsert.inserted.n)
+        else:
+            dialect_insert = (postgresql.insert if self.store.dialect == "postgresql"
+                              else sqlite.insert)
+            base = dialect_insert(c).values(rows)
+            stmt = base.on_conflict_do_update(
+                index_elements=[c.c.minute, c.c.name, c.c.state],
+                set_={"n": c.c.n + base.excluded.n},
+            )
+        conn.execute(stmt)
+
+    def prune(self, before: float, limit: int = 1000) -> int:
+        s, h, c = self.states, self.history, self.counts
+
+        def work(conn: Connection) -> int:
+            old = select(s.c.task_id).where(s.c.since < before).order_by(s.c.since).limit(limit)
+            task_ids = list(conn.scalars(old.with_for_update(skip_locked=True)))
+            if task_ids:
+                conn.execute(delete(h).where(h.c.task_id.in_(task_ids)))
+                conn.execute(delete(s).where(s.c.task_id.in_(task_ids)))
+            oldest = conn.scalar(select(func.min(c.c.minute)))
+            if oldest is not None:
+                cut = min(minute_of(before), oldest + PRUNE_COUNT_MINUTES)
+                conn.execute(delete(c).where(c.c.minute < cut))
+            return len(task_ids)
+
+        return self.store._write(work)
+
+    # -- reads ---------------------------------------------------------------------
+    def current(self, task_id: str) -> TaskState | None:
+        s = self.states
+        query = select(s).where(s.c.task_id == task_id)
+        row = self.store._read(lambda conn: conn.execute(query).mappings().first())
+        return None if row is None else _task_state(row)
+
+    def timeline(self, task_id: str) -> list[Transition]:
+        h = self.history
+        return self._transitions(h.c.task_id == task_id)
+
+    def timeline_by_key(self, key: str) -> list[Transition]:
+        s, h = self.states, self.history
+        return self._transitions(h.c.task_id.in_(select(s.c.task_id).where(s.c.key == key)))
+
+    def _transitions(self, where: Any) -> list[Transition]:
+        h = self.history
+        query = select(h).where(where).order_by(h.c.at, h.c.id)
+        rows = self.store._read(lambda conn: conn.execute(query).mappings().all())
+        return [_transition(row) for row in rows]
+
+    def stuck(
+        self, older_than_seconds: float, states: Collection[State] | None = None,
+        limit: int = 100,
+    ) -> list[TaskState]:
+        wanted = stuck_states(states)
+        if not wanted:
+            return []
+        s = self.states
+        cut = time.time() - older_than_seconds
+        # One index range scan per state, each stopping at ``limit`` rows.
+        per_state = [
+            select(s).where(s.c.state == state.value, s.c.since < cut)
+            .order_by(s.c.since).limit(limit).subquery()
+            for state in wanted
+        ]
+        merged = union_all(*(select(part) for part in per_state)).subquery()
+        query = select(merged).order_by(merged.c.since, merged.c.task_id).limit(limit)
+        rows = self.store._read(lambda conn: conn.execute(query).mappings().all())
+        return [_task_state(row) for row in rows]
+
+    def stats(self, window_seconds: float) -> Stats:
+        c = self.counts
+        first, last = stats_range(window_seconds, time.time())
+        query = (select(c.c.name, c.c.state, func.sum(c.c.n))
+                 .where(c.c.minute.between(first, last)).group_by(c.c.name, c.c.state))
+        rows = self.store._read(lambda conn: conn.execute(query).all())
+        counts: dict[str, dict[State, int]] = {}
+        for name, state, n in rows:
+            counts.setdefault(name, {})[State(state)] = int(n)
+        return Stats(window_seconds, first * 60.0, counts)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def ping(self) -> None:
+        self.store.ping()
+
+    def migrate(self) -> None:
+        self.store.migrate()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def after_fork(self) -> None:
+        self.store.after_fork()
+
+
+def _history_row(t: Transition) -> dict[str, Any]:
+    return {
+        "id": t.id, "task_id": t.task_id, "name": t.name, "key": t.key, "state": t.state.value,
+        "attempt": t.attempt, "worker": t.worker, "at": t.at, "error_type": t.error_type,
+        "error_message": t.error_message, "detail": t.detail_json(),
+    }
+
+
+def _state_row(c: TaskState, prefix: str = "") -> dict[str, Any]:
+    values = {"task_id": c.task_id, "name": c.name, "key": c.key, "state": c.state.value,
+              "since": c.since, "attempt": c.attempt, "worker": c.worker}
+    return {prefix + k: v for k, v in values.items()}
+
+
+def _task_state(row: RowMapping) -> TaskState:
+    return TaskState(row["task_id"], row["name"], row["key"], State(row["state"]),
+                     row["since"], row["attempt"], row["worker"])
+
+
+def _transition(row: RowMapping) -> Transition:
+    return Transition(
+        task_id=row["task_id"], name=row["name"], key=row["key"], state=State(row["state"]),
+        attempt=row["attempt"], worker=row["worker"], at=row["at"],
+        error_type=row["error_type"], error_message=row["error_message"],
+        detail=load_detail(row["detail"]), id=row["id"],
+    )

@@ -1,0 +1,339 @@
+"""The state store contract (G5), run against every backend.
+
+memory, fakeredis and real Redis, SQLite, PostgreSQL and MariaDB must all:
+keep a task's timeline in order with its attempts, find tasks by key, list
+stuck tasks oldest first, count transitions, prune, refuse illegal
+transitions without writing them, and not write a retried batch twice.
+Times are given explicitly (in the past), so nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celery_reliable.states import RecordResult, State, StateStore, Transition
+from celery_reliable.states.stores import state_store_on
+from celery_reliable.states.stores.redis import RedisStateStore
+from tests.conftest import STORE_KINDS, drop_tables, make_store
+
+S = State
+NAME = "shop.send_receipt"
+
+
+@pytest.fixture(params=STORE_KINDS)
+def states(
+    request: pytest.FixtureRequest, prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StateStore]:
+    store = make_store(request.param, prefix, tmp_path_factory)
+    state_store = state_store_on(store, retention=3600)
+    yield state_store
+    if isinstance(state_store, RedisStateStore):
+        keys = list(state_store.client.scan_iter(match=f"{{{prefix}:st:*"))
+        if keys:
+            state_store.client.delete(*keys)
+    drop_tables(store)
+    store.close()
+
+
+def tid() -> str:
+    return str(uuid.uuid4())
+
+
+def tr(task_id: str, state: State, at: float, attempt: int = 1, key: str = "receipt:42",
+       name: str = NAME, **extra: Any) -> Transition:
+    return Transition(task_id=task_id, name=name, key=key, state=state, attempt=attempt,
+                      at=at, **extra)
+
+
+def path(task_id: str, states: list[State], start: float, key: str = "receipt:42",
+         name: str = NAME) -> list[Transition]:
+    """One transition per second from ``start``; RECEIVED after a retry starts a new attempt."""
+    out, attempt = [], 1
+    for i, state in enumerate(states):
+        if state is S.RECEIVED and i and states[i - 1] is S.RETRY_SCHEDULED:
+            attempt += 1
+        out.append(tr(task_id, state, start + i, attempt, key=key, name=name))
+    return out
+
+
+RETRIED_TWICE = [
+    S.PENDING, S.RECEIVED, S.STARTED, S.RETRY_SCHEDULED,
+    S.RECEIVED, S.STARTED, S.RETRY_SCHEDULED,
+    S.RECEIVED, S.STARTED, S.SUCCEEDED,
+]
+
+
+def test_timeline_of_a_task_retried_twice_then_succeeding(states: StateStore) -> None:
+    task = tid()
+    now = time.time()
+    steps = path(task, RETRIED_TWICE, now - 60)
+    failure = {"error_type": "ConnectionError", "error_message": "mailer down",
+               "detail": {"countdown": 1.5}, "worker": "w1@host"}
+    steps[3] = tr(task, S.RETRY_SCHEDULED, now - 57, 1, **failure)
+    # Three flushes, as a recorder would send them.
+    for batch in (steps[:3], steps[3:7], steps[7:]):
+        result = states.record(batch)
+        assert result.written == len(batch)
+        assert not result.rejected
+    timeline = states.timeline(task)
+    assert [t.state for t in timeline] == RETRIED_TWICE
+    assert [t.attempt for t in timeline] == [1, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert [t.at for t in timeline] == pytest.approx([s.at for s in steps], abs=1e-5)
+    retry = timeline[3]
+    assert (retry.error_type, retry.error_message) == ("ConnectionError", "mailer down")
+    assert retry.detail == {"countdown": 1.5}
+    assert retry.worker == "w1@host"
+    assert {t.name for t in timeline} == {NAME}
+    assert {t.key for t in timeline} == {"receipt:42"}
+    current = states.current(task)
+    assert current is not None
+    assert (current.state, current.attempt) == (S.SUCCEEDED, 3)
+    assert current.since == pytest.approx(steps[-1].at, abs=1e-5)
+    assert states.timeline(tid()) == []
+    assert states.current(tid()) is None
+
+
+def test_timeline_by_key_merges_the_tasks_of_a_key(states: StateStore) -> None:
+    first, duplicate, other = tid(), tid(), tid()
+    now = time.time()
+    states.record([
+        *path(first, [S.PENDING, S.RECEIVED, S.STARTED, S.SUCCEEDED], now - 30, key="k:1"),
+        *path(duplicate, [S.PENDING, S.DEDUPLICATED], now - 28.5, key="k:1"),
+        *path(other, [S.PENDING, S.RECEIVED], now - 29.5, key="k:2"),
+    ])
+    merged = states.timeline_by_key("k:1")
+    assert [(t.task_id, t.state) for t in merged] == [
+        (first, S.PENDING), (first, S.RECEIVED), (duplicate, S.PENDING), (first, S.STARTED),
+        (duplicate, S.DEDUPLICATED), (first, S.SUCCEEDED),
+    ]
+    assert [t.task_id for t in states.timeline_by_key("k:2")] == [other, other]
+    assert states.timeline_by_key("k:3") == []
+
+
+def test_stuck_after_the_threshold_until_the_task_completes(states: StateStore) -> None:
+    running, waiting, fresh = tid(), tid(), tid()
+    now = time.time()
+    states.record([
+        *path(running, [S.PENDING, S.RECEIVED, S.STARTED], now - 100),
+        *path(waiting, [S.PENDING], now - 50),
+        *path(fresh, [S.PENDING, S.RECEIVED, S.STARTED], now - 3),
+    ])
+    assert [c.task_id for c in states.stuck(30)] == [running, waiting]  # oldest first
+    assert [c.task_id for c in states.stuck(30, limit=1)] == [running]
+    assert [c.task_id for c in states.stuck(30, states={S.PENDING})] == [waiting]
+    assert [c.task_id for c in states.stuck(75)] == [running]
+    assert states.stuck(30, states={S.RETRY_SCHEDULED}) == []
+    stuck = states.stuck(30, states={S.STARTED})[0]
+    assert (stuck.state, stuck.name, stuck.key) == (S.STARTED, NAME, "receipt:42")
+    assert stuck.age(now) == pytest.approx(98, abs=0.01)
+    assert {c.task_id for c in states.stuck(1)} == {running, waiting, fresh}
+
+    states.record([tr(running, S.SUCCEEDED, now - 1)])
+    assert [c.task_id for c in states.stuck(30)] == [waiting]
+    # Terminal states are never stuck, whatever is asked for.
+    assert states.stuck(0, states={S.SUCCEEDED}) == []
+
+
+def test_stats_count_transitions_per_name_and_state(states: StateStore) -> None:
+    now = time.time()
+    batch = []
+    for _ in range(3):
+        batch += path(tid(), [S.PENDING, S.RECEIVED, S.STARTED, S.SUCCEEDED], now - 20)
+    batch += path(tid(), [S.PENDING, S.RECEIVED, S.STARTED, S.FAILED, S.DEAD_LETTERED], now - 20)
+    batch += path(tid(), [S.PENDING, S.RECEIVED, S.DEFERRED], now - 20, name="shop.refund")
+    batch += path(tid(), [S.PENDING, S.RECEIVED], now - 7200, name="shop.refund")  # too old
+    states.record(batch)
+    stats = states.stats(600)
+    assert stats.counts[NAME] == {
+        S.PENDING: 4, S.RECEIVED: 4, S.STARTED: 4, S.SUCCEEDED: 3, S.FAILED: 1,
+        S.DEAD_LETTERED: 1,
+    }
+    assert stats.counts["shop.refund"] == {S.PENDING: 1, S.RECEIVED: 1, S.DEFERRED: 1}
+    assert stats.totals()[S.PENDING] == 5
+    assert stats.failure_rate() == pytest.approx(0.25)
+    assert stats.failure_rate("shop.refund") is None
+    assert now - 660 <= stats.since <= now - 600
+    assert states.stats(3 * 3600).counts["shop.refund"][S.PENDING] == 2
+
+
+def test_an_illegal_transition_is_rejected_and_not_written(states: StateStore) -> None:
+    done, dead, fresh = tid(), tid(), tid()
+    now = time.time()
+    states.record(path(done, [S.PENDING, S.RECEIVED, S.STARTED, S.SUCCEEDED], now - 40))
+    states.record(path(dead, [S.PENDING, S.RECEIVED, S.STARTED, S.FAILED, S.DEAD_LETTERED],
+                       now - 40))
+    result = states.record([
+        tr(done, S.STARTED, now - 5),  # SUCCEEDED -> STARTED
+        tr(dead, S.SUCCEEDED, now - 5),  # DEAD_LETTERED -> SUCCEEDED
+        tr(fresh, S.STARTED, now - 5),  # nothing recorded -> STARTED
+        tr(fresh, S.PENDING, now - 4),  # legal: written
+        tr(fresh, S.SUCCEEDED, now - 3),  # PENDING -> SUCCEEDED, judged after the PENDING
+        tr(fresh, S.RECEIVED, now - 2),  # legal
+    ])
+    assert result.written == 2
+    assert [(r.transition.task_id, r.previous, r.transition.state) for r in result.rejected] == [
+        (done, S.SUCCEEDED, S.STARTED), (dead, S.DEAD_LETTERED, S.SUCCEEDED),
+        (fresh, None, S.STARTED), (fresh, S.PENDING, S.SUCCEEDED),
+    ]
+    assert [t.state for t in states.timeline(done)][-1] is S.SUCCEEDED
+    assert len(states.timeline(dead)) == 5
+    assert [t.state for t in states.timeline(fresh)] == [S.PENDING, S.RECEIVED]
+    current = states.current(done)
+    assert current is not None and current.state is S.SUCCEEDED
+    assert states.stats(600).counts[NAME][S.STARTED] == 2  # the rejected ones are not counted
+
+
+def test_a_batch_sent_again_is_not_written_twice(states: StateStore) -> None:
+    task = tid()
+    batch = path(task, [S.PENDING, S.RECEIVED, S.STARTED], time.time() - 10)
+    assert states.record(batch).written == 3
+    again = states.record(batch)
+    assert (again.written, again.duplicates, again.rejected) == (0, 3, ())
+    assert len(states.timeline(task)) == 3
+    assert states.stats(600).counts[NAME][S.STARTED] == 1
+
+
+def test_a_late_transition_is_fitted_in_by_its_time(states: StateStore) -> None:
+    """A producer's PENDING flushed after the worker's RECEIVED/STARTED is not a bug."""
+    task = tid()
+    now = time.time()
+    pending, received, started = path(task, [S.PENDING, S.RECEIVED, S.STARTED], now - 10)
+    assert states.record([received, started]).written == 2
+    assert states.record([pending]).written == 1
+    assert [t.state for t in states.timeline(task)] == [S.PENDING, S.RECEIVED, S.STARTED]
+    current = states.current(task)
+    assert current is not None and current.state is S.STARTED
+    # Late but illegal where it falls: after PENDING, before RECEIVED.
+    result = states.record([tr(task, S.SUCCEEDED, now - 9.5)])
+    assert [(r.previous, r.following) for r in result.rejected] == [(S.PENDING, S.RECEIVED)]
+    assert len(states.timeline(task)) == 3
+
+
+def test_prune_forgets_old_tasks_in_bounded_batches(states: StateStore) -> None:
+    now = time.time()
+    old = [tid() for _ in range(3)]
+    recent = tid()
+    for i, task in enumerate(old):
+        states.record(path(task, [S.PENDING, S.RECEIVED, S.STARTED, S.SUCCEEDED],
+                           now - 1000 - i, key="k:old"))
+    states.record(path(recent, [S.PENDING, S.RECEIVED], now - 1000, key="k:old"))
+    states.record([tr(recent, S.STARTED, now - 5, key="k:old")])
+    assert states.prune(now - 500, limit=2) == 2
+    assert states.prune(now - 500, limit=2) == 1
+    assert states.prune(now - 500, limit=2) == 0
+    for task in old:
+        assert states.timeline(task) == []
+        assert states.current(task) is None
+    assert {t.task_id for t in states.timeline_by_key("k:old")} == {recent}
+    assert len(states.timeline(recent)) == 3
+    assert [c.task_id for c in states.stuck(1)] == [recent]
+
+
+def test_redis_records_a_batch_over_shards_in_one_round_trip_with_hash_tags(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fakeredis
+    import redis
+
+    from celery_reliable.stores.redis import RedisStore
+
+    store = RedisStore("redis://fake", prefix=prefix, shards=3)
+    store.client = fakeredis.FakeRedis(decode_responses=True)
+    states = RedisStateStore(store, retention=3600)
+    now = time.time()
+    states.record(path(tid(), [S.PENDING], now - 10))  # loads the script (NOSCRIPT once)
+    round_trips: list[str] = []
+    execute, command = redis.client.Pipeline.execute, states.client.execute_command
+
+    def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        round_trips.append("pipeline")
+        return execute(self, *args, **kwargs)
+
+    def counted_command(*args: Any, **kwargs: Any) -> Any:
+        round_trips.append(str(args[0]))
+        return command(*args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counted_execute)
+    monkeypatch.setattr(states.client, "execute_command", counted_command)
+    tasks = [tid() for _ in range(12)]
+    batch = [t for task in tasks
+             for t in path(task, [S.PENDING, S.RECEIVED, S.STARTED], now - 5, key="k:shared")]
+    assert states.record(batch).written == 36
+    assert round_trips == ["pipeline"]
+
+    tags = {key.split("}")[0] + "}" for key in states.client.scan_iter(match=f"{{{prefix}*")}
+    assert tags == {f"{{{prefix}:st:{shard}}}" for shard in range(3)}  # Cluster: one slot each
+    assert {t.task_id for t in states.timeline_by_key("k:shared")} == set(tasks)
+    assert len(states.stuck(1, limit=50)) == 13
+
+    states.client.script_flush()  # a restarted server: the script is loaded again, once
+    monkeypatch.undo()
+    assert states.record([tr(tasks[0], S.SUCCEEDED, now - 1, key="k:shared")]).written == 1
+
+
+def test_concurrent_first_transitions_of_the_same_tasks_are_all_recorded(
+    states: StateStore,
+) -> None:
+    """A producer's PENDING and a worker's RECEIVED, flushed at the same moment by two
+    processes, for tasks nothing is recorded of yet: both land, in time order."""
+    now = time.time()
+    tasks = sorted(tid() for _ in range(40))
+    barrier = threading.Barrier(2)
+    results: dict[State, RecordResult] = {}
+
+    def flush(state: State, at: float) -> None:
+        batch = [tr(task, state, at) for task in tasks]
+        barrier.wait(timeout=10)
+        results[state] = states.record(batch)
+
+    threads = [threading.Thread(target=flush, args=(S.PENDING, now - 2)),
+               threading.Thread(target=flush, args=(S.RECEIVED, now - 1))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [(r.written, r.rejected) for r in results.values()] == [(40, ())] * 2
+    for task in tasks:
+        assert [t.state for t in states.timeline(task)] == [S.PENDING, S.RECEIVED]
+        current = states.current(task)
+        assert current is not None and current.state is S.RECEIVED
+
+
+def test_redis_forgets_tasks_by_itself_and_prune_clears_what_they_left_in_indexes(
+    prefix: str,
+) -> None:
+    import fakeredis
+
+    from celery_reliable.stores.redis import RedisStore
+
+    store = RedisStore("redis://fake", prefix=prefix)
+    store.client = fakeredis.FakeRedis(decode_responses=True)
+    states = RedisStateStore(store, retention=600)
+    task, now = tid(), time.time()
+    states.record(path(task, [S.PENDING, S.RECEIVED, S.STARTED], now - 100))
+    base = f"{{{prefix}:st:0}}:"
+    for name in (f"c:{task}", f"h:{task}", "k:receipt:42", f"n:{int((now - 100) // 60)}"):
+        assert 590_000 < states.client.pttl(base + name) <= 600_000, name
+    states.client.delete(f"{base}c:{task}", f"{base}h:{task}")  # what the TTL does
+    assert states.stuck(1) == []  # the index entry left behind is not shown
+    assert states.client.zcard(f"{base}i:STARTED") == 1
+    assert states.prune(now - 50) == 1
+    assert states.client.zcard(f"{base}i:STARTED") == 0
+
+
+def test_transitions_a_microsecond_apart_keep_their_order(states: StateStore) -> None:
+    """What a recorder makes of a burst: whole microseconds, strictly increasing."""
+    task, start_us = tid(), int((time.time() - 10) * 1_000_000)
+    steps = [S.PENDING, S.RECEIVED, S.STARTED, S.RETRY_SCHEDULED, S.RECEIVED, S.STARTED,
+             S.SUCCEEDED]
+    # The first id sorts last: the order must come from the times, never from a tie.
+    batch = [tr(task, state, (start_us + i) / 1_000_000, id="f" * 32 if i == 0 else "")
+             for i, state in enumerate(steps)]
+    assert states.record(batch).written == len(steps)
+    assert [t.state for t in states.timeline(task)] == steps
