@@ -110,7 +110,11 @@ def runtime(app: Celery) -> Runtime:
 
 
 def reset(app: Celery) -> None:
-    """Forget the app's runtime (tests, or after changing settings at run time)."""
+    """Forget the app's runtime and recorded-state buffers (tests, or after changing
+    settings at run time)."""
+    from celery_reliable.states import reset as reset_states
+
+    reset_states(app)
     with _lock:
         current = _runtimes.pop(app, None)
     if current is not None:

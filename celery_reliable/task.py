@@ -57,6 +57,7 @@ from celery_reliable.records import encode
 from celery_reliable.retry.policy import Classifier, RetryPolicy, Verdict
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.settings import Settings, per_task_names
+from celery_reliable.states import State, recorder
 from celery_reliable.stores.base import BreakerCheck, Claim, ClaimStatus, Lease, PublishStatus
 
 logger = logging.getLogger("celery_reliable")
@@ -229,11 +230,19 @@ class ReliableTask(Task):  # type: ignore[misc]
                                                           "shadow": shadow}, internal,
             )
             if existing is not None:
+                rec = recorder(app)
+                rec.transition(task_id, self.name, key, State.PENDING)
+                rec.transition(task_id, self.name, key, State.DEDUPLICATED,
+                               detail={"existing_task": existing})
                 return self.AsyncResult(existing)
-        return super().apply_async(
+        result = super().apply_async(
             args, kwargs, task_id=task_id, producer=producer, link=link,
             link_error=link_error, shadow=shadow, headers=headers, **options,
         )
+        if not internal and not app.conf.task_always_eager:
+            attempt = int(options.get("retries") or 0) + 1
+            recorder(app).transition(task_id, self.name, key, State.PENDING, attempt=attempt)
+        return result
 
     def _before_publish(
         self, task_id: str, key: str, fingerprint: str, args: Sequence[Any],
@@ -303,7 +312,11 @@ class ReliableTask(Task):  # type: ignore[misc]
         except StoreError as exc:
             return self._store_down(exc)
         if claim.runs:
-            if claim.status is ClaimStatus.TAKEN_OVER:
+            taken_over = claim.status is ClaimStatus.TAKEN_OVER
+            self._record(key, State.RECEIVED)
+            self._record(key, State.STARTED,
+                         detail={"taken_over": True, "lost": claim.lost} if taken_over else None)
+            if taken_over:
                 self.reliable.count("taken_over")
                 logger.warning(
                     "%s[%s] key %r: the previous run died with its worker (lost attempt %d of "
@@ -340,7 +353,7 @@ class ReliableTask(Task):  # type: ignore[misc]
                     f"({settings.retry_budget_ratio:g} x first attempts + "
                     f"{settings.retry_budget_floor:g}/s over {settings.retry_budget_window:g} s)"
                 )
-                self._dead_letter(key, "retry_budget_exhausted", error)
+                self._dead_letter(key, "retry_budget_exhausted", error, started=False)
                 raise error
             self._defer(
                 settings.retry_budget_window * random.uniform(0.5, 1.5),
@@ -358,17 +371,19 @@ class ReliableTask(Task):  # type: ignore[misc]
         heartbeat.track(Lease(key, owner, task_id), settings.lease_seconds)
         try:
             result = self.run(*args, **kwargs)
-        except Retry:
+        except Retry as retry:
             self._release(key, owner, requeued=True)
+            self._record(key, State.RETRY_SCHEDULED, detail={"countdown": retry.when})
             raise
         except Ignore:
             self._release(key, owner, requeued=False)
             self._quietly("discard", lambda: store.discard(task_id, key))
+            self._record(key, State.SUCCEEDED, detail={"ignored": True})
             raise
         except Reject as exc:
             self._release(key, owner, requeued=bool(exc.requeue))
             if not exc.requeue:
-                self._dead_letter(key, "rejected", exc)
+                self._dead_letter(key, "rejected", exc, started=True)
             raise
         except Exception as exc:
             self._report(breaker, exc)
@@ -383,6 +398,7 @@ class ReliableTask(Task):  # type: ignore[misc]
             heartbeat.untrack(owner)
         self._report(breaker, None)
         self._complete(key, fingerprint, owner, result, settings)
+        self._record(key, State.SUCCEEDED)
         return result
 
     def _report(self, breaker: BreakerCheck | None, exc: Exception | None) -> None:
@@ -420,6 +436,8 @@ class ReliableTask(Task):  # type: ignore[misc]
         if decision.verdict is Verdict.RETRY:
             retry = self._republish(decision.delay, exc=exc, next_attempt=True)
             self._release(key, owner, requeued=True)
+            self._record(key, State.RETRY_SCHEDULED, error=exc,
+                         detail={"countdown": round(decision.delay, 3)})
             self.reliable.count("retried")
             logger.info(
                 "%s[%s] attempt %d of %d failed (%s: %s); retrying in %.1f s",
@@ -428,7 +446,7 @@ class ReliableTask(Task):  # type: ignore[misc]
             )
             raise retry from exc
         self._release(key, owner, requeued=False)
-        self._dead_letter(key, decision.reason, exc)
+        self._dead_letter(key, decision.reason, exc, started=True)
 
     def _complete(
         self, key: str, fingerprint: str, owner: str, result: Any, settings: Settings
@@ -464,7 +482,16 @@ class ReliableTask(Task):  # type: ignore[misc]
             lambda: self.reliable.store.release(key, owner, self.request.id, requeued),
         )
 
-    def _dead_letter(self, key: str, reason: str, exc: BaseException | None) -> None:
+    def _dead_letter(
+        self, key: str, reason: str, exc: BaseException | None, started: bool
+    ) -> None:
+        """Keep the task as a dead letter; ``started``: its body ran (and failed)."""
+        if started:
+            self._record(key, State.FAILED, error=exc)
+        else:
+            self._record(key, State.RECEIVED)
+        self._record(key, State.DEAD_LETTERED, error=None if started else exc,
+                     detail={"reason": reason})
         error = f"{type(exc).__name__}: {exc}" if exc is not None else None
         self._quietly(
             "dead_letter",
@@ -489,6 +516,18 @@ class ReliableTask(Task):  # type: ignore[misc]
             return None
         return record
 
+    def _record(
+        self, key: str, state: State, *, error: BaseException | None = None,
+        detail: Mapping[str, Any] | None = None, task_id: str | None = None,
+    ) -> None:
+        """Record a transition of this task (buffered; never raises into the task)."""
+        request = self.request
+        recorder(self._get_app()).transition(
+            task_id or request.id, self.name, key, state,
+            attempt=(request.retries or 0) + 1, worker=request.hostname, error=error,
+            detail=detail,
+        )
+
     def _quietly(self, what: str, call: Callable[[], Any]) -> None:
         """Store writes after the outcome is decided: a failure is logged and counted."""
         try:
@@ -504,6 +543,9 @@ class ReliableTask(Task):  # type: ignore[misc]
         request = self.request
         if claim.status is ClaimStatus.DONE:
             self.reliable.count("deduplicated")
+            if claim.task_id != request.id:
+                self._record(key, State.RECEIVED)
+                self._record(key, State.DEDUPLICATED, detail={"existing_task": claim.task_id})
             logger.info(
                 "%s[%s] skipped: key %r already succeeded as task %s",
                 self.name, request.id, key, claim.task_id,
@@ -516,16 +558,18 @@ class ReliableTask(Task):  # type: ignore[misc]
             )
             if settings.on_key_conflict == "skip":
                 self.reliable.count("deduplicated")
+                self._record(key, State.RECEIVED)
+                self._record(key, State.DEDUPLICATED, detail={"key_conflict": claim.task_id})
                 logger.warning("%s", error)
                 return None
-            self._dead_letter(key, "key_conflict", error)
+            self._dead_letter(key, "key_conflict", error, started=False)
             raise error
         if claim.status is ClaimStatus.LOST_TOO_OFTEN:
             lost = TaskLostTooOften(
                 f"{self.name}[{request.id}] with key {key!r} died with its worker {claim.lost} "
                 "times (out of memory? a crashing library?); dead-lettered, not run again"
             )
-            self._dead_letter(key, "worker_lost", lost)
+            self._dead_letter(key, "worker_lost", lost, started=False)
             raise lost
         return self._busy(claim, key, settings)
 
@@ -566,6 +610,10 @@ class ReliableTask(Task):  # type: ignore[misc]
     def _defer(self, countdown: float, reason: str) -> Any:
         """Publish this task again later without using an attempt; ack this copy."""
         retry = self._republish(countdown)
+        key = (self.request.headers or {}).get(HEADER_KEY, "")
+        self._record(key, State.RECEIVED)
+        self._record(key, State.DEFERRED,
+                     detail={"reason": reason, "countdown": round(countdown, 3)})
         self.reliable.count("deferred")
         logger.info("%s[%s] deferred %.1f s: %s", self.name, self.request.id, countdown, reason)
         raise retry

@@ -11,6 +11,7 @@ from celery import Celery
 from celery_reliable.errors import ReliableError
 from celery_reliable.runtime import runtime
 from celery_reliable.settings import rows
+from celery_reliable.states import state_store
 from celery_reliable.worker.transport import apply_defaults
 
 
@@ -27,11 +28,16 @@ def reliable_store() -> None:
 @reliable_store.command()
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
-    """Create or upgrade the store's schema (SQL stores; a no-op on Redis)."""
+    """Create or upgrade the store's schema (SQL stores; a no-op on Redis), and the state
+    store's when reliable_state_store_url names another one."""
+    app = _app(ctx)
     try:
-        rt = runtime(_app(ctx))
+        rt = runtime(app)
         rt.store.migrate()
         rt.store.ping()
+        separate = rt.settings.state_store_url
+        if separate and separate != rt.settings.store_url:
+            state_store(app).migrate()
     except ReliableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -27,16 +27,21 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from celery_reliable import records
 from celery_reliable.errors import StoreError
+from celery_reliable.states import State, prune_expired, recorder
 from celery_reliable.stores.base import SweepPolicy, TaskRecord
 
 if TYPE_CHECKING:
     from celery_reliable.runtime import Runtime
 
 logger = logging.getLogger("celery_reliable.rescue")
+
+#: seconds between two prunes of the task states by the sweeping worker
+PRUNE_EVERY = 60.0
 
 
 class Rescuer:
@@ -49,6 +54,7 @@ class Rescuer:
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pruned_at = time.monotonic()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="celery-reliable-rescue",
@@ -77,7 +83,21 @@ class Rescuer:
         taken = store.sweep(self.policy)
         for record in taken:
             self.handle(record)
+        self._prune_states()
         return len(taken)
+
+    def _prune_states(self) -> None:
+        """Forget task states past their retention, about once a minute, by the sweeper
+        (Redis expires per-task keys itself, but not its index entries)."""
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        try:
+            prune_expired(self.runtime.app, limit=1000)
+        except StoreError as exc:
+            self.runtime.count("state_prune_error")
+            logger.warning("pruning task states failed: %s", exc)
 
     def handle(self, record: TaskRecord) -> None:
         settings = self.runtime.settings
@@ -110,6 +130,12 @@ class Rescuer:
             logger.error("could not republish %s[%s]: %s", record.name, record.task_id, exc)
             return
         why = "its worker died" if record.state == "running" else "no worker received it"
+        recorder(self.runtime.app).transition(
+            record.task_id, record.name, record.key, State.RESCUED,
+            attempt=int(options.get("retries") or 0) + 1,
+            detail={"why": "worker_died" if record.state == "running" else "never_received",
+                    "rescue": record.rescues + 1},
+        )
         self.runtime.count("rescued")
         logger.warning(
             "rescued %s[%s] (key %r): %s; republished (rescue %d)",
@@ -118,5 +144,10 @@ class Rescuer:
 
     def _dead(self, record: TaskRecord, reason: str, error: str) -> None:
         self.runtime.store.dead_letter(record.task_id, record.key, reason, error)
+        rec = recorder(self.runtime.app)
+        if reason == "expired":
+            rec.transition(record.task_id, record.name, record.key, State.EXPIRED)
+        rec.transition(record.task_id, record.name, record.key, State.DEAD_LETTERED,
+                       detail={"reason": reason, "error": error})
         self.runtime.count(f"dead_lettered_{reason}")
         logger.error("dead-lettered %s[%s]: %s", record.name, record.task_id, error)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import task_revoked
+from celery.signals import task_revoked, worker_process_shutdown
 
 from celery_reliable.errors import StoreError
+from celery_reliable.states import State, flush_all, recorder
 
 logger = logging.getLogger("celery_reliable")
 
@@ -45,6 +46,12 @@ def on_task_revoked(
             sender.name, request.id, reason, exc,
         )
         return
+    rec = recorder(sender._get_app())
+    rec.transition(request.id, sender.name, key, State.EXPIRED if expired else State.REVOKED,
+                   attempt=(request.retries or 0) + 1, worker=request.hostname)
+    rec.transition(request.id, sender.name, key, State.DEAD_LETTERED,
+                   attempt=(request.retries or 0) + 1, worker=request.hostname,
+                   detail={"reason": reason})
     rt.count(f"dead_lettered_{reason}")
     logger.warning("%s[%s] dead-lettered (%s): %s", sender.name, request.id, reason, detail)
 
@@ -53,3 +60,11 @@ def connect() -> None:
     """Connect the handlers once per process (signals are process-wide; the handler
     looks the app up from the task, so several apps are fine)."""
     task_revoked.connect(on_task_revoked, dispatch_uid="celery_reliable.task_revoked", weak=False)
+    # Prefork children leave with os._exit, past atexit: flush the recorded states first.
+    worker_process_shutdown.connect(
+        _flush_states, dispatch_uid="celery_reliable.flush_states", weak=False
+    )
+
+
+def _flush_states(**_: Any) -> None:
+    flush_all()

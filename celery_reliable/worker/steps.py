@@ -13,6 +13,7 @@ from celery import Celery, bootsteps
 
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.runtime import runtime
+from celery_reliable.states.runtime import states_of
 from celery_reliable.worker import signals, transport
 from celery_reliable.worker.limits import apply_default_limits
 from celery_reliable.worker.rescue import Rescuer
@@ -29,6 +30,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         super().__init__(worker, **kwargs)
         app = worker.app
         rt = runtime(app)  # raises ConfigurationError on a bad reliable_* setting
+        states_of(app)
         reliable = [t for t in app.tasks.values() if _is_reliable(t)]
         apply_default_limits(app, rt.settings, reliable)
         for line in transport.apply_defaults(app, rt.settings, reliable):
