@@ -56,8 +56,9 @@ def build(env: Mapping[str, str]) -> Celery:
             client.set(done, "1", px=86_400_000)  # 3
             return None
 
-    elif variant == "ours":
+    elif variant in ("ours", "ours-nostates"):
         app.conf.update(
+            reliable_state_enabled=variant == "ours",
             reliable_store_url=env.get("BENCH_STORE_URL", "redis://127.0.0.1:6379/9"),
             reliable_key_prefix=env.get("BENCH_PREFIX", "bench"),
             reliable_persist_on_publish=env.get("BENCH_PERSIST", "1") == "1",
@@ -70,7 +71,9 @@ def build(env: Mapping[str, str]) -> Celery:
             return None
 
     else:
-        raise ValueError(f"BENCH_VARIANT must be plain, hand or ours, got {variant!r}")
+        raise ValueError(
+            f"BENCH_VARIANT must be plain, hand, ours or ours-nostates, got {variant!r}"
+        )
     return app
 
 
