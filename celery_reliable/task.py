@@ -66,6 +66,9 @@ HEADER_KEY = "reliable_key"
 HEADER_FINGERPRINT = "reliable_fp"
 HEADER_DEFERS = "reliable_defers"
 
+#: states Celery has no event for; sent as ``task-<state>`` custom events
+EVENT_STATES = frozenset({State.DEDUPLICATED, State.DEFERRED, State.DEAD_LETTERED})
+
 #: completing is retried this often when the store blips: the body already ran.
 _COMPLETE_TRIES = 5
 
@@ -486,13 +489,13 @@ class ReliableTask(Task):  # type: ignore[misc]
         self, key: str, reason: str, exc: BaseException | None, started: bool
     ) -> None:
         """Keep the task as a dead letter; ``started``: its body ran (and failed)."""
+        error = f"{type(exc).__name__}: {exc}" if exc is not None else None
         if started:
             self._record(key, State.FAILED, error=exc)
         else:
             self._record(key, State.RECEIVED)
         self._record(key, State.DEAD_LETTERED, error=None if started else exc,
-                     detail={"reason": reason})
-        error = f"{type(exc).__name__}: {exc}" if exc is not None else None
+                     detail={"reason": reason, "error": error})
         self._quietly(
             "dead_letter",
             lambda: self.reliable.store.dead_letter(
@@ -520,13 +523,32 @@ class ReliableTask(Task):  # type: ignore[misc]
         self, key: str, state: State, *, error: BaseException | None = None,
         detail: Mapping[str, Any] | None = None, task_id: str | None = None,
     ) -> None:
-        """Record a transition of this task (buffered; never raises into the task)."""
+        """Record a transition of this task (buffered; never raises into the task), and
+        send a Celery event for the states Celery has no name for, so monitors such as
+        Flower show them (workers started with ``-E``)."""
         request = self.request
-        recorder(self._get_app()).transition(
+        app = self._get_app()
+        recorder(app).transition(
             task_id or request.id, self.name, key, state,
             attempt=(request.retries or 0) + 1, worker=request.hostname, error=error,
             detail=detail,
         )
+        if state in EVENT_STATES and app.conf.worker_send_task_events and not request.is_eager:
+            self._send_state_event(state, key, error, detail)
+
+    def _send_state_event(
+        self, state: State, key: str, error: BaseException | None,
+        detail: Mapping[str, Any] | None,
+    ) -> None:
+        fields: dict[str, Any] = {"idempotency_key": key, **(detail or {})}
+        if error is not None:
+            fields["exception"] = f"{type(error).__name__}: {error}"
+        try:
+            self.send_event(f"task-{state.value.lower()}", **fields)
+        except Exception as exc:  # noqa: BLE001 - an event must never fail the task
+            self.reliable.count("event_error")
+            logger.warning("%s[%s]: could not send the %s event: %s",
+                           self.name, self.request.id, state.value, exc)
 
     def _quietly(self, what: str, call: Callable[[], Any]) -> None:
         """Store writes after the outcome is decided: a failure is logged and counted."""

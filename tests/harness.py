@@ -32,7 +32,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 class Worker:
     def __init__(
         self, env: Mapping[str, str], log_dir: Path, pool: str = "solo", concurrency: int = 1,
-        app: str = "tests.apps.shop",
+        app: str = "tests.apps.shop", events: bool = False,
     ) -> None:
         self.name = f"w{uuid.uuid4().hex[:6]}"
         self.log = log_dir / f"{self.name}.log"
@@ -41,6 +41,7 @@ class Worker:
             sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool,
             "-c", str(concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO",
             "--without-mingle", "--without-gossip", "-Q", env.get("TEST_QUEUE", "celery"),
+            *(["-E"] if events else []),
         ]
         self.proc: subprocess.Popen[bytes] | None = None
 

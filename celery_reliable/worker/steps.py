@@ -35,6 +35,8 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         apply_default_limits(app, rt.settings, reliable)
         for line in transport.apply_defaults(app, rt.settings, reliable):
             logger.info("celery_reliable: %s", line)
+        # Children read it to decide whether to send our custom task events (-E).
+        app.conf.worker_send_task_events = bool(getattr(worker, "task_events", False))
         self.rescuer: Rescuer | None = None
         self.hostname = getattr(worker, "hostname", None)
 
