@@ -16,6 +16,7 @@ from celery_reliable.errors import (
 )
 from celery_reliable.runtime import runtime
 from celery_reliable.task import ReliableTask, TaskLostTooOften
+from celery_reliable.worker.steps import install
 
 __version__ = "0.1.0.dev0"
 
@@ -31,5 +32,6 @@ __all__ = [
     "TaskInFlight",
     "TaskLostTooOften",
     "UnpersistableTask",
+    "install",
     "runtime",
 ]

@@ -257,6 +257,13 @@ class Settings:
         _number(1, integer=True),
         per_task=True,
     )
+    record_all_tasks: bool = setting(
+        False,
+        "Also record the transitions of tasks that are not ReliableTasks (third-party "
+        "tasks), through Celery's signals; they are observed, not made reliable. Apps "
+        "without any ReliableTask call celery_reliable.install(app).",
+        _bool,
+    )
     state_enabled: bool = setting(
         True, "Record every state transition of reliable tasks (timelines, stuck, stats).",
         _bool,

@@ -13,6 +13,7 @@ from celery import Celery, bootsteps
 
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.runtime import runtime
+from celery_reliable.states import signals as observe
 from celery_reliable.states.runtime import states_of
 from celery_reliable.worker import signals, transport
 from celery_reliable.worker.limits import apply_default_limits
@@ -67,6 +68,11 @@ def _is_reliable(task: Any) -> bool:
 
 
 def install(app: Celery) -> None:
-    """Add the worker bootstep to ``app`` and connect the signal handlers (idempotent)."""
+    """Add the worker bootstep to ``app`` and connect the signal handlers (idempotent).
+
+    Defining a ReliableTask does this; call it yourself for an app that has none
+    but records its plain tasks (``reliable_record_all_tasks``).
+    """
     app.steps["worker"].add(ReliableWorkerStep)
     signals.connect()
+    observe.connect()

@@ -67,6 +67,7 @@ def build(env: Mapping[str, str]) -> Celery:
         reliable_on_retry_budget_exhausted=env.get("TEST_BUDGET_EXHAUSTED", "defer"),
         reliable_breaker_threshold=int(env.get("TEST_BREAKER_THRESHOLD", "5")),
         reliable_breaker_cool_down=float(env.get("TEST_BREAKER_COOL_DOWN", "30")),
+        reliable_record_all_tasks=env.get("TEST_RECORD_ALL", "0") == "1",
     )
     if env.get("TEST_VISIBILITY_TIMEOUT"):
         app.conf.broker_transport_options = {
@@ -134,6 +135,11 @@ def build(env: Mapping[str, str]) -> Celery:
         if counter.client.exists(f"{prefix}:smtp_down"):
             raise ConnectionError("smtp is down")
         return counter.incr("effect", order_id)
+
+    @app.task(name="shop.third_party_add", shared=False)
+    def third_party_add(x: int, y: int) -> int:
+        """A plain Celery task, as a library would ship it."""
+        return x + y
 
     @app.task(name="shop.kill_own_worker", shared=False, base=ReliableTask,
               idempotency_key="crash:{order_id}")

@@ -58,3 +58,29 @@ def test_stuck_task_shows_up_and_leaves_once_completed(make_shop: Callable[..., 
     states = [t.state for t in queries.timeline(shop.app, task_id=handle.id)]
     assert states[-1] is State.SUCCEEDED
     assert State.RESCUED in states
+
+
+def test_plain_tasks_are_recorded_when_the_app_asks(make_shop: Callable[..., Shop]) -> None:
+    shop = make_shop("redis", TEST_RECORD_ALL="1")
+    handle = shop.task("third_party_add").delay(2, 3)
+    flush_all()
+    with shop.worker():
+        assert handle.get(timeout=30) == 5
+
+    def states() -> list[State]:
+        return [t.state for t in queries.timeline(shop.app, task_id=handle.id)]
+
+    wait_for(lambda: State.SUCCEEDED in states(), 15, "the plain task's timeline")
+    assert states() == [State.PENDING, State.RECEIVED, State.STARTED, State.SUCCEEDED]
+
+
+def test_plain_tasks_are_not_recorded_by_default(make_shop: Callable[..., Shop]) -> None:
+    shop = make_shop("redis")
+    reliable = shop.task("send_receipt").delay(4)
+    plain = shop.task("third_party_add").delay(1, 1)
+    with shop.worker():
+        assert plain.get(timeout=30) == 2
+        reliable.get(timeout=30)
+    wait_for(lambda: bool(queries.timeline(shop.app, task_id=reliable.id)), 15,
+             "the reliable task's timeline")
+    assert queries.timeline(shop.app, task_id=plain.id) == []
