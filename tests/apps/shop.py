@@ -68,6 +68,7 @@ def build(env: Mapping[str, str]) -> Celery:
         reliable_breaker_threshold=int(env.get("TEST_BREAKER_THRESHOLD", "5")),
         reliable_breaker_cool_down=float(env.get("TEST_BREAKER_COOL_DOWN", "30")),
         reliable_record_all_tasks=env.get("TEST_RECORD_ALL", "0") == "1",
+        reliable_state_store_url=env.get("TEST_STATE_STORE_URL") or None,
     )
     if env.get("TEST_VISIBILITY_TIMEOUT"):
         app.conf.broker_transport_options = {
