@@ -331,12 +331,12 @@ class RedisStore(Store):
 
 def _compact(task_id: str) -> str:
     """A UUID task id as ``!`` + 32 hex digits, so a done key fits Redis's inline strings."""
-    if len(task_id) == 36 and task_id.count("-") == 4:
-        try:
-            return "!" + uuid.UUID(task_id).hex
-        except ValueError:
-            pass
-    return task_id
+    if len(task_id) != 36 or task_id.count("-") != 4:
+        return task_id
+    try:
+        return "!" + uuid.UUID(task_id).hex
+    except ValueError:  # 36 characters with four dashes, but not hexadecimal
+        return task_id
 
 
 def _expand(task_id: str | None) -> str | None:

@@ -315,3 +315,11 @@ def test_breaker_opens_probes_and_closes(any_store: Store) -> None:
     wait_until(lambda: any_store.breaker_check("smtp", "w2", 5).state == "half_open")
     assert any_store.breaker_report("smtp", True, threshold=2, cool_down=0.3) == "closed"
     assert any_store.breaker_check("smtp", "w1", 5).failures == 0
+
+
+@pytest.mark.parametrize("task_id", ["not-a-uuid", "z" * 8 + "-aaaa-bbbb-cccc-" + "d" * 12])
+def test_done_keys_keep_any_task_id(any_store: Store, task_id: str) -> None:
+    any_store.claim("k", FP, task_id, "a", 30, max_lost=3)
+    assert any_store.complete("k", FP, "a", task_id, '{"x": 1}', retention=60)
+    done = any_store.claim("k", FP, "copy", "b", 30, max_lost=3)
+    assert (done.status, done.task_id, done.result) == (ClaimStatus.DONE, task_id, '{"x": 1}')
