@@ -236,3 +236,24 @@ def test_rescuer_republishes_a_lost_record_to_its_queue(app: Celery) -> None:
         assert message.headers["id"] == handle.id
         assert message.headers["reliable_key"] == lost.key_for((5,), {})[0]
         assert json.loads(message.body)[0] == [5]
+
+
+def test_app_wide_task_cls_makes_every_task_reliable() -> None:
+    app = Celery(f"wide{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False,
+                 task_cls="celery_reliable:ReliableTask")
+    app.conf.reliable_store_url = "memory://"
+    calls: list[int] = []
+
+    @app.task(shared=False)
+    def charge(n: int) -> int:
+        calls.append(n)
+        return n
+
+    try:
+        assert isinstance(charge._get_current_object(), ReliableTask)
+        assert charge.acks_late and charge.reject_on_worker_lost
+        assert charge.apply((1,)).get() == 1
+        assert charge.apply((1,)).get() == 1
+        assert calls == [1]
+    finally:
+        reset(app)
