@@ -7,9 +7,10 @@ the rules in one place keeps the backends from drifting apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from celery_reliable.stores.base import (
+    BreakerCheck,
     Claim,
     ClaimStatus,
     KeyState,
@@ -103,3 +104,43 @@ def claim(
                 )
     running = KeyState("running", fingerprint, task_id, owner, now + lease, lost)
     return ClaimDecision(Claim(status, task_id, lost=lost), running)
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """A circuit breaker's stored state (the SQL row, the memory entry)."""
+
+    state: str = "closed"
+    failures: int = 0
+    open_until: float = 0.0
+    probe: str | None = None
+    probe_until: float = 0.0
+
+
+def breaker_check(
+    current: Breaker | None, owner: str, probe_ttl: float, now: float
+) -> tuple[BreakerCheck, Breaker | None]:
+    """The answer, and the breaker to write when this caller takes the probe."""
+    if current is None or current.state == "closed":
+        return BreakerCheck(True, "closed", failures=current.failures if current else 0), None
+    if now < current.open_until:
+        return BreakerCheck(False, "open", current.open_until - now, current.failures), None
+    if current.probe not in (None, owner) and current.probe_until > now:
+        wait = current.probe_until - now
+        return BreakerCheck(False, "probing", wait, current.failures), None
+    probing = replace(current, probe=owner, probe_until=now + probe_ttl)
+    return BreakerCheck(True, "half_open", failures=current.failures), probing
+
+
+def breaker_report(
+    current: Breaker | None, ok: bool, threshold: int, cool_down: float, now: float
+) -> Breaker:
+    """The breaker after a call's outcome (see :meth:`Store.breaker_report`)."""
+    current = current or Breaker()
+    if ok:
+        return replace(current, state="closed", failures=0, probe=None)
+    failures = current.failures + 1
+    if current.state == "open" or failures >= threshold:
+        return replace(current, state="open", failures=failures, open_until=now + cool_down,
+                       probe=None)
+    return replace(current, failures=failures)

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 from celery_reliable.stores import decisions
 from celery_reliable.stores.base import (
@@ -40,7 +39,7 @@ class MemoryStore(Store):
         self._dead: dict[str, TaskRecord] = {}
         self._sweeper: tuple[str, float] | None = None
         self._budget: dict[tuple[str, str, int], int] = {}  # (scope, f|r, second) -> count
-        self._breakers: dict[str, dict[str, Any]] = {}
+        self._breakers: dict[str, decisions.Breaker] = {}
 
     def _key(self, key: str) -> KeyState | None:
         entry = self._keys.get(key)
@@ -199,30 +198,20 @@ class MemoryStore(Store):
 
     def breaker_check(self, name: str, owner: str, probe_ttl: float) -> BreakerCheck:
         with self._lock:
-            now = self.clock()
-            b = self._breakers.get(name)
-            if b is None or b["state"] == "closed":
-                return BreakerCheck(True, "closed", failures=b["failures"] if b else 0)
-            if now < b["open_until"]:
-                return BreakerCheck(False, "open", b["open_until"] - now, b["failures"])
-            if b["probe"] not in (None, owner) and b["probe_until"] > now:
-                return BreakerCheck(False, "probing", b["probe_until"] - now, b["failures"])
-            b["probe"], b["probe_until"] = owner, now + probe_ttl
-            return BreakerCheck(True, "half_open", failures=b["failures"])
+            check, probing = decisions.breaker_check(
+                self._breakers.get(name), owner, probe_ttl, self.clock()
+            )
+            if probing is not None:
+                self._breakers[name] = probing
+            return check
 
     def breaker_report(self, name: str, ok: bool, threshold: int, cool_down: float) -> str:
         with self._lock:
-            b = self._breakers.setdefault(
-                name, {"state": "closed", "failures": 0, "open_until": 0.0, "probe": None,
-                       "probe_until": 0.0},
+            breaker = decisions.breaker_report(
+                self._breakers.get(name), ok, threshold, cool_down, self.clock()
             )
-            if ok:
-                b.update(state="closed", failures=0, probe=None)
-                return "closed"
-            b["failures"] += 1
-            if b["state"] == "open" or b["failures"] >= threshold:
-                b.update(state="open", open_until=self.clock() + cool_down, probe=None)
-            return str(b["state"])
+            self._breakers[name] = breaker
+            return breaker.state
 
     def get_key(self, key: str) -> KeyState | None:
         with self._lock:

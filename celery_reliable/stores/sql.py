@@ -431,26 +431,22 @@ class SQLStore(Store):
 
         return self._write(work)
 
-    def _lock_breaker(self, conn: Connection, name: str) -> RowMapping | None:
+    def _lock_breaker(self, conn: Connection, name: str) -> decisions.Breaker | None:
         b = self.schema.breakers
-        return conn.execute(select(b).where(b.c.name == name).with_for_update()).mappings().first()
+        query = select(b.c.state, b.c.failures, b.c.open_until, b.c.probe, b.c.probe_until)
+        row = conn.execute(query.where(b.c.name == name).with_for_update()).mappings().first()
+        return None if row is None else decisions.Breaker(**row)
 
     def breaker_check(self, name: str, owner: str, probe_ttl: float) -> BreakerCheck:
         b = self.schema.breakers
 
         def work(conn: Connection) -> BreakerCheck:
-            row = self._lock_breaker(conn, name)
-            now = time.time()
-            if row is None or row["state"] == "closed":
-                return BreakerCheck(True, "closed", failures=row["failures"] if row else 0)
-            failures = row["failures"]
-            if now < row["open_until"]:
-                return BreakerCheck(False, "open", row["open_until"] - now, failures)
-            if row["probe"] not in (None, owner) and row["probe_until"] > now:
-                return BreakerCheck(False, "probing", row["probe_until"] - now, failures)
-            probe = dict(probe=owner, probe_until=now + probe_ttl)
-            conn.execute(update(b).where(b.c.name == name).values(probe))
-            return BreakerCheck(True, "half_open", failures=failures)
+            check, probing = decisions.breaker_check(
+                self._lock_breaker(conn, name), owner, probe_ttl, time.time()
+            )
+            if probing is not None:
+                conn.execute(update(b).where(b.c.name == name).values(asdict(probing)))
+            return check
 
         return self._write(work)
 
@@ -458,22 +454,13 @@ class SQLStore(Store):
         b = self.schema.breakers
 
         def work(conn: Connection) -> str:
-            row = self._lock_breaker(conn, name)
-            values: dict[str, Any] = dict(row) if row else {
-                "name": name, "state": "closed", "failures": 0, "open_until": 0.0,
-                "probe": None, "probe_until": 0.0,
-            }
-            if ok:
-                values.update(state="closed", failures=0, probe=None)
+            current = self._lock_breaker(conn, name)
+            breaker = decisions.breaker_report(current, ok, threshold, cool_down, time.time())
+            if current is None:
+                self._insert(conn, b, {"name": name, **asdict(breaker)})
             else:
-                values["failures"] += 1
-                if values["state"] == "open" or values["failures"] >= threshold:
-                    values.update(state="open", open_until=time.time() + cool_down, probe=None)
-            if row is None:
-                self._insert(conn, b, values)
-            else:
-                conn.execute(update(b).where(b.c.name == name).values(values))
-            return str(values["state"])
+                conn.execute(update(b).where(b.c.name == name).values(asdict(breaker)))
+            return breaker.state
 
         return self._write(work)
 
