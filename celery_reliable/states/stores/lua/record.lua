@@ -1,12 +1,12 @@
 -- Record a batch of transitions of one shard (the LEGAL table is prepended,
 -- generated from celery_reliable/states/machine.py).
 -- KEYS[1]: the shard's prefix "{p:st:S}:" (its hash tag routes the script)
--- ARGV[1]: retention in ms; then 12 fields per transition:
---   id, task_id, name, key, state, attempt, worker, at_us, minute, error_type,
---   error_message, detail ('' for none)
+-- ARGV[1]: retention in ms; ARGV[2]: a JSON list of transitions, each a list of
+--   12 strings: id, task_id, name, key, state, attempt, worker, at_us, minute,
+--   error_type, error_message, detail ('' for none)
 -- Returns {written, duplicates, then index (0-based), before, after per rejected one}.
 local unpack = unpack or table.unpack
-local base, ttl, F = KEYS[1], ARGV[1], 12
+local base, ttl = KEYS[1], ARGV[1]
 local written, duplicates, rejected = 0, 0, {}
 
 local function legal(from, to)
@@ -18,9 +18,9 @@ local function state_of(entries)
   return cjson.decode(entries[1])[2]
 end
 
-for i = 2, #ARGV, F do
+for i, row in ipairs(cjson.decode(ARGV[2])) do
   local id, task, name, key, state, attempt, worker, at, minute, etype, emsg, detail =
-    unpack(ARGV, i, i + F - 1)
+    unpack(row)
   local cur_key, hist_key = base .. 'c:' .. task, base .. 'h:' .. task
   local member = cjson.encode({id, state, attempt, worker, etype, emsg, detail, name, key})
   if redis.call('ZSCORE', hist_key, member) then
@@ -60,7 +60,7 @@ for i = 2, #ARGV, F do
       redis.call('HINCRBY', counts, state .. '\t' .. name, 1)
       redis.call('PEXPIRE', counts, ttl)
     else
-      table.insert(rejected, (i - 2) / F)
+      table.insert(rejected, i - 1)
       table.insert(rejected, before)
       table.insert(rejected, after)
     end
