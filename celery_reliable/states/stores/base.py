@@ -83,6 +83,25 @@ class StateStore(abc.ABC):
         """Forget connections inherited from the parent process."""
 
 
+class SharedStoreStateStore(StateStore):
+    """A state store that lives on one of the package's task stores (Redis, SQL): it
+    reuses that store's connections, so its lifecycle is the task store's."""
+
+    store: Store
+
+    def ping(self) -> None:
+        self.store.ping()
+
+    def migrate(self) -> None:
+        self.store.migrate()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def after_fork(self) -> None:
+        self.store.after_fork()
+
+
 def stuck_states(states: Collection[State] | None) -> list[State]:
     """The states a stuck query looks at: the non-terminal ones asked for, in a fixed order."""
     wanted = NON_TERMINAL if states is None else NON_TERMINAL & frozenset(states)

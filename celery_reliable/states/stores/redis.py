@@ -40,7 +40,7 @@ from celery_reliable.states.model import (
     minute_of,
     stats_range,
 )
-from celery_reliable.states.stores.base import StateStore, stuck_states
+from celery_reliable.states.stores.base import SharedStoreStateStore, stuck_states
 from celery_reliable.stores.base import Store
 from celery_reliable.stores.redis import RedisStore, _guarded
 
@@ -49,7 +49,9 @@ def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
-class RedisStateStore(StateStore):
+class RedisStateStore(SharedStoreStateStore):
+    store: RedisStore
+
     def __init__(self, store: RedisStore, retention: float) -> None:
         """Borrows the connection settings (timeouts, TLS) of the store for the same URL."""
         self.store = store
@@ -191,16 +193,6 @@ class RedisStateStore(StateStore):
                 per_state = counts.setdefault(name, {})
                 per_state[State(state)] = per_state.get(State(state), 0) + int(n)
         return Stats(window_seconds, first * 60.0, counts)
-
-    # -- lifecycle -------------------------------------------------------------------
-    def ping(self) -> None:
-        self.store.ping()
-
-    def close(self) -> None:
-        self.store.close()
-
-    def after_fork(self) -> None:
-        self.store.after_fork()
 
 
 def _fields(t: Transition) -> list[str]:

@@ -45,7 +45,12 @@ from celery_reliable.states.model import (
     minute_of,
     stats_range,
 )
-from celery_reliable.states.stores.base import Admission, StateStore, is_late, stuck_states
+from celery_reliable.states.stores.base import (
+    Admission,
+    SharedStoreStateStore,
+    is_late,
+    stuck_states,
+)
 from celery_reliable.stores.base import Store
 from celery_reliable.stores.sql import SQLStore, _Retry
 
@@ -53,7 +58,9 @@ from celery_reliable.stores.sql import SQLStore, _Retry
 PRUNE_COUNT_MINUTES = 60
 
 
-class SQLStateStore(StateStore):
+class SQLStateStore(SharedStoreStateStore):
+    store: SQLStore
+
     def __init__(self, store: SQLStore, retention: float) -> None:
         self.store = store
         self.url = store.url
@@ -244,19 +251,6 @@ class SQLStateStore(StateStore):
         for name, state, n in rows:
             counts.setdefault(name, {})[State(state)] = int(n)
         return Stats(window_seconds, first * 60.0, counts)
-
-    # -- lifecycle -------------------------------------------------------------------
-    def ping(self) -> None:
-        self.store.ping()
-
-    def migrate(self) -> None:
-        self.store.migrate()
-
-    def close(self) -> None:
-        self.store.close()
-
-    def after_fork(self) -> None:
-        self.store.after_fork()
 
 
 def _history_row(t: Transition) -> dict[str, Any]:
