@@ -5,6 +5,7 @@ Kept out of the package on purpose: nothing here is part of celery_reliable.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -244,3 +245,16 @@ def _fmt(value: Any) -> str:
 
 def dump_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
+
+
+def command_line(doc: str | None) -> argparse.ArgumentParser:
+    """A bench's options: its module docstring as ``--help``, and ``--json``."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print raw results as JSON")
+    return p
+
+
+def emit(res: Any, as_json: bool, report: Callable[[Any], str]) -> None:
+    """The results: raw JSON for scripts, else the report's tables."""
+    dump_json(res) if as_json else print(report(res))

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
 
-from bench._common import REDIS, delete_matching, dump_json, machine, table, tag
+from bench._common import REDIS, command_line, delete_matching, emit, machine, table, tag
 from bench._tput_app import build, task
 from celery_reliable.records import encode
 from celery_reliable.runtime import reset, runtime
@@ -126,15 +126,13 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_line(__doc__)
     p.add_argument("-n", type=int, default=500, help="calls per piece per round (default 500)")
     p.add_argument("--rounds", type=int, default=7, help="rounds (default 7)")
     p.add_argument("--db", type=int, default=9, help="Redis DB for the store and hand keys (9)")
-    p.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = p.parse_args()
     res = run(args)
-    dump_json(res) if args.json else print(report(res))
+    emit(res, args.json, report)
 
 
 if __name__ == "__main__":

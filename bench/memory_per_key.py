@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
 
-from bench._common import REDIS, delete_matching, dump_json, machine, table, tag
+from bench._common import REDIS, command_line, delete_matching, emit, machine, table, tag
 from celery_reliable import keys
 from celery_reliable.stores import open_store
 from celery_reliable.stores.redis import STALE_TTL_MS, RedisStore, _ms
@@ -143,18 +143,16 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_line(__doc__)
     p.add_argument("--keys", type=int, default=100_000, help="keys per cycle (default 100000)")
     p.add_argument("--repeat", type=int, default=3, help="fill/delete cycles (default 3)")
     p.add_argument("--db", type=int, default=11, help="dedicated Redis DB (default 11)")
     p.add_argument("--batch", type=int, default=1000, help="keys per pipeline (default 1000)")
     p.add_argument("--mode", choices=("pipeline", "api"), default="pipeline",
                    help="pipelined Lua scripts (default) or store.claim/complete one by one")
-    p.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = p.parse_args()
     res = run(args)
-    dump_json(res) if args.json else print(report(res))
+    emit(res, args.json, report)
 
 
 if __name__ == "__main__":

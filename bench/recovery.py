@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis
 from kombu.connection import Connection
 
-from bench._common import REDIS, cleanup_broker, delete_matching, dump_json, machine, table
+from bench._common import REDIS, cleanup_broker, command_line, delete_matching, emit, machine, table
 from celery_reliable.runtime import reset, runtime
 from tests.apps.shop import Counter, build
 from tests.harness import Worker, wait_for
@@ -137,8 +137,7 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_line(__doc__)
     p.add_argument("--brokers", default="redis,rabbitmq,sqla",
                    help="comma-separated: redis, rabbitmq, sqla (default all three)")
     p.add_argument("--hold", type=float, default=3.0, help="seconds the task body runs (3)")
@@ -147,11 +146,10 @@ def main() -> None:
     p.add_argument("--broker-db", type=int, default=7, help="Redis DB of the Redis broker (7)")
     p.add_argument("--db", type=int, default=6,
                    help="Redis DB of the store, results and effect counter (6)")
-    p.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = p.parse_args()
     runs = [measure(b, args) for _ in range(args.repeat) for b in args.brokers.split(",")]
     res = {"machine": machine(), "hold": args.hold, "runs": runs}
-    dump_json(res) if args.json else print(report(res))
+    emit(res, args.json, report)
 
 
 if __name__ == "__main__":

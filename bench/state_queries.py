@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import dump_json, machine, table, tag
+from bench._common import command_line, emit, machine, table, tag
 from celery_reliable.states import State, Transition
 from celery_reliable.states.model import new_id
 from celery_reliable.states.stores.sql import SQLStateStore
@@ -215,19 +215,17 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_line(__doc__)
     p.add_argument("--store", action="append",
                    help=f"SQL store URL, repeatable (default {POSTGRES})")
     p.add_argument("--rows", type=int, default=1_000_000, help="history rows (default 1000000)")
     p.add_argument("--hours", type=float, default=24.0, help="spread over the last N hours")
     p.add_argument("--repeat", type=int, default=7, help="timed runs per query (default 7)")
     p.add_argument("--batch", type=int, default=50_000, help="rows per seeding batch")
-    p.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = p.parse_args()
     res = {"machine": machine(),
            "stores": [measure(url, args) for url in (args.store or [POSTGRES])]}
-    dump_json(res) if args.json else print(report(res))
+    emit(res, args.json, report)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REDIS, dump_json, machine, table, tag
+from bench._common import REDIS, command_line, emit, machine, table, tag
 from celery_reliable.stores import SweepPolicy, open_store
 from celery_reliable.stores.base import Store
 
@@ -165,8 +165,7 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_line(__doc__)
     p.add_argument("--store", action="append",
                    help=f"store URL, repeatable (default {REDIS}/12); e.g. "
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -174,11 +173,10 @@ def main() -> None:
     p.add_argument("--due", type=int, default=300, help="records already due (default 300)")
     p.add_argument("--repeat", type=int, default=5, help="timed sweeps (default 5)")
     p.add_argument("--batch", type=int, default=10_000, help="records per seeding batch")
-    p.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = p.parse_args()
     stores = args.store or [f"{REDIS}/12"]
     res = {"machine": machine(), "stores": [measure(url, args) for url in stores]}
-    dump_json(res) if args.json else print(report(res))
+    emit(res, args.json, report)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ from bench._common import (
     REDIS,
     Drainer,
     cleanup_broker,
+    command_line,
     delete_matching,
-    dump_json,
+    emit,
     machine,
     redis_rtt,
     table,
@@ -237,8 +238,7 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_line(__doc__)
     p.add_argument("-n", type=int, default=2000,
                    help="tasks per variant and round (default 2000)")
     p.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
@@ -250,10 +250,9 @@ def main() -> None:
     p.add_argument("--broker-db", type=int, default=8, help="Redis DB of the broker (default 8)")
     p.add_argument("--store-db", type=int, default=9, help="Redis DB of our store (default 9)")
     p.add_argument("--dedupe-db", type=int, default=10, help="Redis DB of the hand check (10)")
-    p.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = p.parse_args()
     res = run(args)
-    dump_json(res) if args.json else print(report(res))
+    emit(res, args.json, report)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 The public surface is what ``__all__`` lists; everything else may change.
 """
 
+from celery_reliable.dlq.api import DeadLetters
+from celery_reliable.dlq.signals import task_dead_lettered
 from celery_reliable.errors import (
     ConfigurationError,
     IdempotencyKeyConflict,
@@ -22,6 +24,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ConfigurationError",
+    "DeadLetters",
     "IdempotencyKeyConflict",
     "IdempotencyKeyError",
     "PermanentError",
@@ -34,4 +37,5 @@ __all__ = [
     "UnpersistableTask",
     "install",
     "runtime",
+    "task_dead_lettered",
 ]

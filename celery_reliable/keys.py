@@ -35,6 +35,28 @@ def bind_arguments(
     fun: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Map a call's arguments to the function's parameter names, defaults applied."""
+    plain = _plain_parameters(fun)
+    if plain is not None:
+        # The common case without inspect's bind (this runs on every publish): a
+        # call that does not fit takes the slow path, which names the problem.
+        names, defaults = plain
+        if len(args) <= len(names):
+            arguments = dict(zip(names, args, strict=False))
+            fits = True
+            for name, value in kwargs.items():
+                if name in arguments or name not in defaults:
+                    fits = False
+                    break
+                arguments[name] = value
+            if fits:
+                for name in names[len(args):]:
+                    if name not in arguments:
+                        default = defaults[name]
+                        if default is inspect.Parameter.empty:
+                            break
+                        arguments[name] = default
+                else:
+                    return arguments
     signature = _signature(fun)
     if signature is None:  # builtins, C functions: fall back to the raw call
         return {**{str(i): a for i, a in enumerate(args)}, **kwargs}
@@ -50,6 +72,19 @@ def bind_arguments(
         if param.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
             arguments.update(arguments.pop(name))
     return arguments
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_parameters(fun: Callable[..., Any]) -> tuple[tuple[str, ...], dict[str, Any]] | None:
+    """(names, name -> default or ``Parameter.empty``) when every parameter may be
+    passed by position or by name (no ``*args``, ``**kwargs`` or keyword-only)."""
+    signature = _signature(fun)
+    if signature is None:
+        return None
+    params = list(signature.parameters.values())
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params), {p.name: p.default for p in params}
 
 
 @functools.lru_cache(maxsize=1024)

@@ -33,7 +33,8 @@ _LOCAL_OPTIONS = frozenset(
     {"producer", "connection", "publisher", "result_cls", "task_type", "add_to_parent",
      "countdown", "eta", "expires"}
 )
-_BINARY = "base64"
+#: the content encoding of a body kept as base64 text (a binary serializer's output)
+BINARY = "base64"
 
 
 def utcnow() -> datetime:
@@ -80,7 +81,7 @@ def encode(
         ) from exc
     body = data if isinstance(data, str) else base64.b64encode(data).decode()
     if not isinstance(data, str):
-        encoding = _BINARY
+        encoding = BINARY
     kept = {k: v for k, v in options.items() if k not in _LOCAL_OPTIONS and v is not None}
     if eta is not None:
         kept["eta"] = eta.isoformat()
@@ -115,7 +116,7 @@ def decode(app: Celery, record: TaskRecord) -> tuple[list[Any], dict[str, Any], 
     try:
         data: str | bytes = record.body
         encoding = record.content_encoding
-        if encoding == _BINARY:
+        if encoding == BINARY:
             data, encoding = base64.b64decode(record.body), "binary"
         args, kwargs = serialization.loads(
             data, record.content_type, encoding,

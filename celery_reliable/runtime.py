@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import weakref
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
@@ -21,6 +22,9 @@ from celery_reliable.retry.budget import BudgetMeter
 from celery_reliable.settings import Settings, from_conf
 from celery_reliable.stores import Store, open_store
 from celery_reliable.worker.heartbeat import Heartbeat
+
+if TYPE_CHECKING:
+    from celery_reliable.dlq.publisher import Publisher
 
 logger = logging.getLogger("celery_reliable")
 
@@ -38,6 +42,7 @@ class Runtime:
         self._heartbeat: Heartbeat | None = None
         self._budget: BudgetMeter | None = None
         self._breakers: Breakers | None = None
+        self._dlq_publisher: Publisher | None = None
         self._lock = threading.Lock()
 
     @property
@@ -81,6 +86,17 @@ class Runtime:
                     self._heartbeat = Heartbeat(self)
         return self._heartbeat
 
+    @property
+    def dlq_publisher(self) -> Publisher:
+        """The connection dead letters are published on (see ``dlq/publisher.py``)."""
+        if self._dlq_publisher is None:
+            from celery_reliable.dlq.publisher import Publisher  # dlq imports the runtime
+
+            with self._lock:
+                if self._dlq_publisher is None:
+                    self._dlq_publisher = Publisher(self.app)
+        return self._dlq_publisher
+
     def count(self, event: str, n: int = 1) -> None:
         """Count an event (deduplicated, deferred, store_error, rescued, ...)."""
         self.counters[event] += n
@@ -90,6 +106,8 @@ class Runtime:
             self._heartbeat.stop()
         if self._budget is not None:
             self._budget.stop()
+        if self._dlq_publisher is not None:
+            self._dlq_publisher.close()
         if self._store is not None:
             self._store.close()
 

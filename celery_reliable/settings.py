@@ -297,6 +297,24 @@ class Settings:
     state_batch_size: int = setting(
         500, "Transitions written per state store call.", _number(1, integer=True)
     )
+    dlq_enabled: bool = setting(
+        True,
+        "Publish every dead letter to a DLQ queue on the broker (besides the index in the "
+        "store). The original message is acknowledged only after that publish.",
+        _bool,
+        per_task=True,
+    )
+    dlq_queue: str = setting(
+        "reliable.dlq",
+        "The broker queue dead letters are published to (durable on RabbitMQ).",
+        _text,
+        per_task=True,
+    )
+    dlq_traceback_max: int = setting(
+        8192,
+        "Characters of a traceback kept in a dead letter (the end of it: where it failed).",
+        _number(0, integer=True),
+    )
     redis_shards: int = setting(
         1,
         "Redis store only: spread keys over this many hash-tag slots (Redis Cluster).",

@@ -172,9 +172,9 @@ class ReliableTask(Task):  # type: ignore[misc]
     def reliable(self) -> Runtime:
         return runtime(self._get_app())
 
-    def reliable_settings(self) -> Settings:
+    def reliable_settings(self, rt: Runtime | None = None) -> Settings:
         """The app's settings with this task's overrides (validated once per process)."""
-        rt = self.reliable
+        rt = rt or self.reliable
         cached = self.__dict__.get("_reliable_settings")
         if cached is not None and cached[0] is rt:
             return cached[1]  # type: ignore[no-any-return]
@@ -304,11 +304,12 @@ class ReliableTask(Task):  # type: ignore[misc]
         else:  # sent by name (send_task) or by an older producer: derive it here
             key, fingerprint = self.key_for(args, kwargs)
             headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
-        settings = self.reliable_settings()
+        rt = self.reliable
+        settings = self.reliable_settings(rt)
         owner = _owner_token(request.hostname)
         try:
-            breaker = self._gate(key, owner, settings)
-            claim = self.reliable.store.claim(
+            breaker = self._gate(rt, request, key, owner, settings)
+            claim = rt.store.claim(
                 key, fingerprint, request.id, owner, settings.lease_seconds,
                 settings.max_lost_attempts,
             )
@@ -320,36 +321,39 @@ class ReliableTask(Task):  # type: ignore[misc]
             self._record(key, State.STARTED,
                          detail={"taken_over": True, "lost": claim.lost} if taken_over else None)
             if taken_over:
-                self.reliable.count("taken_over")
+                rt.count("taken_over")
                 logger.warning(
                     "%s[%s] key %r: the previous run died with its worker (lost attempt %d of "
                     "%d); running it again", self.name, request.id, key, claim.lost,
                     settings.max_lost_attempts,
                 )
-            return self._run_claimed(key, fingerprint, owner, args, kwargs, settings, breaker)
+            return self._run_claimed(
+                rt, request, key, fingerprint, owner, args, kwargs, settings, breaker
+            )
         return self._not_claimed(claim, key, settings)
 
-    def _gate(self, key: str, owner: str, settings: Settings) -> BreakerCheck | None:
+    def _gate(
+        self, rt: Runtime, request: Any, key: str, owner: str, settings: Settings
+    ) -> BreakerCheck | None:
         """Circuit breaker and retry budget, before the claim: defers or dead-letters
         (raising) what may not run now; the breaker's answer when there is one."""
-        request = self.request
         scope = self.dependency or self.name
         breaker = None
         if self.dependency is not None:
-            breaker = self.reliable.breakers.check(self.dependency, owner)
+            breaker = rt.breakers.check(self.dependency, owner)
             if not breaker.allowed:
-                self.reliable.count("deferred_breaker_open")
+                rt.count("deferred_breaker_open")
                 self._defer(
                     breaker.wait + random.uniform(0.1, 1.0),
                     f"circuit breaker of {self.dependency!r} is {breaker.state}",
                 )
         if not request.retries:
-            self.reliable.budget.first_attempt(scope)
-        elif not self.reliable.store.budget_withdraw(
+            rt.budget.first_attempt(scope)
+        elif not rt.store.budget_withdraw(
             scope, settings.retry_budget_ratio, settings.retry_budget_floor,
             settings.retry_budget_window,
         ):
-            self.reliable.count("retry_budget_exhausted")
+            rt.count("retry_budget_exhausted")
             if settings.on_retry_budget_exhausted == "dead_letter" or request.is_eager:
                 error = RetryBudgetExhausted(
                     f"{self.name}[{request.id}]: the retry budget of {scope!r} is spent "
@@ -365,12 +369,13 @@ class ReliableTask(Task):  # type: ignore[misc]
         return breaker
 
     def _run_claimed(
-        self, key: str, fingerprint: str, owner: str, args: tuple[Any, ...],
-        kwargs: dict[str, Any], settings: Settings, breaker: BreakerCheck | None,
+        self, rt: Runtime, request: Any, key: str, fingerprint: str, owner: str,
+        args: tuple[Any, ...], kwargs: dict[str, Any], settings: Settings,
+        breaker: BreakerCheck | None,
     ) -> Any:
-        task_id = self.request.id
-        store = self.reliable.store
-        heartbeat = self.reliable.heartbeat
+        task_id = request.id
+        store = rt.store
+        heartbeat = rt.heartbeat
         heartbeat.track(Lease(key, owner, task_id), settings.lease_seconds)
         try:
             result = self.run(*args, **kwargs)
@@ -399,8 +404,9 @@ class ReliableTask(Task):  # type: ignore[misc]
             raise
         finally:
             heartbeat.untrack(owner)
-        self._report(breaker, None)
-        self._complete(key, fingerprint, owner, result, settings)
+        if breaker is not None:
+            self._report(breaker, None)
+        self._complete(rt, request, key, fingerprint, owner, result, settings)
         self._record(key, State.SUCCEEDED)
         return result
 
@@ -452,31 +458,53 @@ class ReliableTask(Task):  # type: ignore[misc]
         self._dead_letter(key, decision.reason, exc, started=True)
 
     def _complete(
-        self, key: str, fingerprint: str, owner: str, result: Any, settings: Settings
+        self, rt: Runtime, request: Any, key: str, fingerprint: str, owner: str, result: Any,
+        settings: Settings,
     ) -> None:
+        """Record the success; the message is acknowledged after this returns.
+
+        The answer is checked when it comes (the Redis store reads it before the
+        next store call of this thread: see ``stores/redis_calls.py``); a store
+        that cannot take the call is tried again for a few seconds: the body ran.
+        """
         kept = keys.encode_result(result, settings.result_max_bytes)
+        store, task_id = rt.store, request.id
+        then = functools.partial(self._completed, self.name, task_id, key)
         for attempt in range(_COMPLETE_TRIES):
             try:
-                ok = self.reliable.store.complete(
-                    key, fingerprint, owner, self.request.id, kept, settings.retention
+                store.complete_soon(
+                    key, fingerprint, owner, task_id, kept, settings.retention, then
                 )
             except StoreUnavailable as exc:
-                self.reliable.count("store_error")
-                logger.warning("completing %s[%s]: %s", self.name, self.request.id, exc)
+                rt.count("store_error")
+                logger.warning("completing %s[%s]: %s", self.name, task_id, exc)
                 _sleep_backoff(attempt)
                 continue
-            if not ok:
-                self.reliable.count("lease_lost")
-                logger.error(
-                    "%s[%s] finished, but its lease on key %r had lapsed and another worker "
-                    "took it over: the body may run twice (raise reliable_lease_seconds, or "
-                    "check the store's latency)", self.name, self.request.id, key,
-                )
+            if request.is_eager:
+                self._quietly("complete", store.drain)  # apply() returns a settled outcome
+            return
+        self._completed(self.name, task_id, key, None, None)
+
+    def _completed(
+        self, name: str, task_id: str, key: str, ok: bool | None, error: StoreError | None
+    ) -> None:
+        """The store's answer to a completion (maybe while another task starts: hence the
+        names passed in, not read from ``self.request``).  Never raises."""
+        if ok:
+            return
+        if ok is False:
+            self.reliable.count("lease_lost")
+            logger.error(
+                "%s[%s] finished, but its lease on key %r had lapsed and another worker "
+                "took it over: the body may run twice (raise reliable_lease_seconds, or "
+                "check the store's latency)", name, task_id, key,
+            )
             return
         self.reliable.count("complete_failed")
         logger.error(
-            "%s[%s] finished, but the store could not record it: the lease on key %r lapses "
-            "and the task will be run again", self.name, self.request.id, key,
+            "%s[%s] finished, but the store could not record it%s: the lease on key %r "
+            "lapses and the task will be run again", name, task_id,
+            f" ({error})" if error is not None else "", key,
         )
 
     def _release(self, key: str, owner: str, requeued: bool) -> None:
@@ -488,25 +516,63 @@ class ReliableTask(Task):  # type: ignore[misc]
     def _dead_letter(
         self, key: str, reason: str, exc: BaseException | None, started: bool
     ) -> None:
-        """Keep the task as a dead letter; ``started``: its body ran (and failed)."""
+        """Keep the task as a dead letter; ``started``: its body ran (and failed).
+
+        The dead letter is published to the DLQ queue and indexed before Celery
+        acknowledges this message (:mod:`celery_reliable.dlq.routing`).  When the
+        DLQ queue does not take it, the message is requeued (``Reject``) instead
+        of acknowledged: the failure is never acknowledged unrecorded.
+        """
+        from celery_reliable.dlq import routing
+        from celery_reliable.dlq.publisher import DeadLetterPublishError
+
+        request = self.request
         error = f"{type(exc).__name__}: {exc}" if exc is not None else None
+        record = self._dead_record(key)
+        failure = routing.failure_of(
+            exc, attempts=(request.retries or 0) + 1, worker=request.hostname,
+            queue=routing.queue_of(self._get_app(), record, request.delivery_info),
+        )
+        try:
+            routing.dead_letter(
+                self._get_app(), record, key, reason, error, failure,
+                delivery_info=request.delivery_info, require_publish=not request.is_eager,
+            )
+        except DeadLetterPublishError as err:
+            logger.error("%s[%s] not dead-lettered: %s; the message is requeued",
+                         self.name, request.id, err)
+            raise Reject(err, requeue=True) from err
+        except StoreError as err:
+            self.reliable.count("store_error")
+            logger.error(
+                "%s[%s]: published to the DLQ queue, but the store could not index it (%s); "
+                "the lease lapses and the rescuer takes it from there", self.name, request.id,
+                err,
+            )
         if started:
             self._record(key, State.FAILED, error=exc)
         else:
             self._record(key, State.RECEIVED)
         self._record(key, State.DEAD_LETTERED, error=None if started else exc,
                      detail={"reason": reason, "error": error})
-        self._quietly(
-            "dead_letter",
-            lambda: self.reliable.store.dead_letter(
-                self.request.id, key, reason, error, fallback=self._fallback_record(key)
-            ),
-        )
-        logger.warning("%s[%s] dead-lettered (%s): %s", self.name, self.request.id, reason, error)
+        logger.warning("%s[%s] dead-lettered (%s): %s", self.name, request.id, reason, error)
         self.reliable.count(f"dead_lettered_{reason}")
+
+    def _dead_record(self, key: str) -> Any:
+        """The task's record as persisted at publish (its routing options), else built
+        from the request."""
+        try:
+            stored = self.reliable.store.get_record(self.request.id, key)
+        except StoreError:
+            stored = None
+        if stored is not None and stored.name:
+            return stored
+        return self._fallback_record(key)
 
     def _fallback_record(self, key: str) -> Any:
         """The record to keep when none was persisted at publish (persist off)."""
+        from celery_reliable.stores.base import TaskRecord
+
         request = self.request
         try:
             record, _ = encode(
@@ -516,7 +582,8 @@ class ReliableTask(Task):  # type: ignore[misc]
                 options={"headers": request.headers or {}},
             )
         except ReliableError:
-            return None
+            # Arguments that cannot be serialized: keep who and why, without the call.
+            return TaskRecord(request.id, self.name, key, "", "", "", "", "{}")
         return record
 
     def _record(
@@ -593,6 +660,17 @@ class ReliableTask(Task):  # type: ignore[misc]
             )
             self._dead_letter(key, "worker_lost", lost, started=False)
             raise lost
+        if claim.status is ClaimStatus.DEAD_LETTERED:
+            # Its final failure is in the dead letters; a copy still around (a
+            # redelivery, an earlier rescue) must not run it again behind the
+            # operator's back.  Ignore: acknowledged, and the FAILURE it left in
+            # the result backend stays.
+            self.reliable.count("dead_letter_copy_absorbed")
+            logger.info(
+                "%s[%s] not run: it is dead-lettered and was not replayed (a stale copy, "
+                "absorbed)", self.name, request.id,
+            )
+            raise Ignore()
         return self._busy(claim, key, settings)
 
     def _busy(self, claim: Claim, key: str, settings: Settings) -> Any:

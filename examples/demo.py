@@ -1,4 +1,5 @@
-"""celery_reliable in under a minute: duplicates are skipped, a crashed worker loses nothing.
+"""celery_reliable in under a minute: duplicates are skipped, a crashed worker loses nothing,
+a final failure waits in the dead-letter queue until it is replayed.
 
     pip install -e ".[demo]"
     python examples/demo.py                                    # no server: SQLite files
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import celery.exceptions
 
@@ -146,6 +148,40 @@ def crash(demo: ModuleType, victim: Worker, start: Callable[[], Worker], log: Pa
                  f"handle returns {result!r}") and ok
 
 
+def dead_letters(demo: ModuleType, log: Path) -> bool:
+    letters = celery_reliable.DeadLetters(demo.app)
+    handle = demo.ship_order.delay(order_id=3)
+
+    def entry() -> Any:
+        return letters.get(handle.id)
+
+    wait_for(lambda: entry() is not None, 30, "ship_order to be dead-lettered")
+    dead = entry()
+    quote_log(log, "dead-lettered (permanent_error)")
+    dlq = celery_reliable.runtime(demo.app).settings.dlq_queue
+    ok = check(dead.reason == "permanent_error" and demo.effects.get("shipped:3") == 0,
+               f"ship_order(order_id=3) failed for good: {dead.error}; kept in the DLQ queue "
+               f"{dlq!r} and its index (`celery -A examples.demo_app reliable-dlq list`), "
+               "not retried, not lost")
+    demo.effects.incr("carrier-fixed")
+    print("    The carrier's API is fixed; the operator replays the entry "
+          "(`reliable-dlq replay ID`, here DeadLetters(app).replay([ID])).")
+    first = letters.replay([handle.id])
+    # The task id's result was the first run's FAILURE; the replay's SUCCESS replaces it
+    # (read past the result cache, which keeps a finished state).
+    def status() -> dict[str, Any]:
+        return dict(demo.app.backend.get_task_meta(handle.id, cache=False))
+
+    wait_for(lambda: status()["status"] == "SUCCESS", 30, "the replayed ship_order")
+    second = letters.replay([handle.id])
+    ok &= check(first.replayed == [handle.id] and not first.failed,
+                f"replayed: same task id and key, attempts from 1 -> {status()['result']!r}")
+    return check(second.replayed == [] and second.skipped == [handle.id]
+                 and demo.effects.get("shipped:3") == 1,
+                 "replayed again: nothing published (already replayed); orders shipped: "
+                 f"{demo.effects.get('shipped:3')}") and ok
+
+
 def shutdown(demo: ModuleType, workers: list[Worker]) -> bool:
     ok = all([check(w.stop(), f"{w.name} stopped by SIGTERM, exit status 0")
               for w in workers if w.alive()])
@@ -179,7 +215,10 @@ def run(demo: ModuleType, log: Path, workers: list[Worker], results: dict[str, b
           "handle answers with it.", lambda: duplicates(demo, start, log))
     scene("2. A worker crash loses nothing", "the card is charged exactly once, though its "
           "worker is SIGKILLed mid-charge.", lambda: crash(demo, workers[-1], start, log))
-    scene("3. Clean shutdown", "SIGTERM lets a worker finish and exit; nothing is left in "
+    scene("3. A final failure waits in the DLQ, then is replayed", "the order ships once, after "
+          "the cause is fixed; a second replay publishes nothing.",
+          lambda: dead_letters(demo, log))
+    scene("4. Clean shutdown", "SIGTERM lets a worker finish and exit; nothing is left in "
           "flight.", lambda: shutdown(demo, workers))
 
 
@@ -206,7 +245,7 @@ def main() -> int:
     finally:
         for worker in workers:
             worker.kill()  # a no-op for a stopped worker: no subprocess is left behind
-        passed = len(results) == 3 and all(results.values())
+        passed = len(results) == 4 and all(results.values())
         if demo is not None:
             celery_reliable.runtime(demo.app).close()
             demo.forget()

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 
-from celery_reliable import ReliableTask
+from celery_reliable import PermanentError, ReliableTask
 
 DIR = Path(os.environ.get("DEMO_DIR", "demo-data")).resolve()
 REDIS_URL = os.environ.get("REDIS_URL")  # e.g. redis://127.0.0.1:6379 (db 0, or the URL's)
@@ -144,3 +144,13 @@ def charge_card(order_id: int, seconds: float = 4.0) -> str:
     time.sleep(seconds)
     number = effects.incr(f"charge:{order_id}")
     return f"charge #{number} for order {order_id}"
+
+
+@app.task(base=ReliableTask, name="demo.ship_order", idempotency_key="ship:{order_id}")
+def ship_order(order_id: int) -> str:
+    """Book a courier. Until the carrier's API is fixed it refuses the order for good
+    (a PermanentError is not retried): the task is dead-lettered, kept for a replay."""
+    if not effects.get("carrier-fixed"):
+        raise PermanentError(f"carrier API refused order {order_id}: unknown service code")
+    number = effects.incr(f"shipped:{order_id}")
+    return f"shipment #{number} for order {order_id}"

@@ -4,7 +4,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from celery import Celery
 
+from celery_reliable.runtime import reset
 from celery_reliable.stores import Store, open_store
 from celery_reliable.stores.memory import MemoryStore
 from tests.servers import MARIADB, POSTGRES, REDIS
@@ -12,6 +14,19 @@ from tests.servers import MARIADB, POSTGRES, REDIS
 pytest_plugins = ["tests.shopfixture"]
 
 STORE_KINDS = ["memory", "fakeredis", "redis", "sqlite", "postgresql", "mariadb"]
+
+
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    """An app on kombu's memory transport and a memory store, with queue names of its own
+    (tasks and dead letters): unit tests of the task, the DLQ and the events."""
+    name = uuid.uuid4().hex[:6]
+    app = Celery(f"unit{name}", broker="memory://", set_as_current=False)
+    app.conf.reliable_store_url = "memory://"
+    app.conf.reliable_dlq_queue = f"dlq-{name}"
+    app.conf.task_default_queue = f"work-{name}"
+    yield app
+    reset(app)
 
 
 @pytest.fixture
@@ -28,13 +43,9 @@ def make_store(kind: str, prefix: str, tmp_path_factory: pytest.TempPathFactory)
 
         from celery_reliable.stores.redis import RedisStore
 
-        store = RedisStore("redis://fake", prefix=prefix)
-        store.client = fakeredis.FakeRedis(decode_responses=True)
-        store._scripts = {
-            name: store.client.register_script(script.script)
-            for name, script in store._scripts.items()
-        }
-        return store
+        return RedisStore(
+            "redis://fake", prefix=prefix, client=fakeredis.FakeRedis(decode_responses=True)
+        )
     if kind == "redis":
         return open_store(REDIS.require() + "/15", prefix=prefix)
     if kind == "sqlite":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from kombu import Connection
+from kombu import Connection, Queue
 
 from celery_reliable.runtime import reset, runtime
 from celery_reliable.stores import Store
@@ -51,6 +52,27 @@ class Shop:
         with Connection(self.env["TEST_BROKER_URL"]) as conn:
             conn.default_channel.queue_purge(queue)
 
+    @property
+    def dlq(self) -> str:
+        return self.env["TEST_DLQ_QUEUE"]
+
+    def queue_length(self, queue: str) -> int:
+        """Messages ready in ``queue`` (declared if missing)."""
+        from celery_reliable.dlq.publisher import dlq_queue
+
+        with Connection(self.env["TEST_BROKER_URL"]) as conn:
+            target = dlq_queue(queue) if queue == self.dlq else Queue(queue)
+            _, count, _ = target.bind(conn.default_channel).queue_declare()
+            return int(count)
+
+    def dlq_messages(self) -> list[Any]:
+        """The DLQ queue's messages, read and put back (taken with acks, then requeued)."""
+        from celery_reliable.dlq.broker import sweep
+
+        seen: list[Any] = []
+        sweep(self.app, self.dlq, lambda taken: bool(seen.append(taken)))
+        return seen
+
     def unacked(self) -> int:
         """Messages delivered to a consumer and not acknowledged (Redis and RabbitMQ)."""
         if self.broker == "rabbitmq":
@@ -65,8 +87,11 @@ class Shop:
             return 0
         import redis
 
+        # The unacked hash is shared by every queue of the DB: count this shop's queue only
+        # (its values are JSON [message, exchange, routing key]).
         client = redis.Redis.from_url(self.env["TEST_BROKER_URL"])
-        return int(client.hlen("unacked"))
+        queue = self.env["TEST_QUEUE"]
+        return sum(1 for raw in client.hvals("unacked") if json.loads(raw)[2] == queue)
 
 
 def _broker_url(kind: str, tmp: Path) -> str:
@@ -95,6 +120,7 @@ def make_shop(tmp_path: Path) -> Iterator[Callable[..., Shop]]:
         env = {
             "TEST_PREFIX": prefix,
             "TEST_QUEUE": f"q-{prefix}",
+            "TEST_DLQ_QUEUE": f"dlq-{prefix}",
             "TEST_BROKER_URL": _broker_url(broker, tmp_path),
             "TEST_BACKEND_URL": REDIS.url + "/14",
             "TEST_STORE_URL": _store_url(store, tmp_path),
@@ -108,8 +134,12 @@ def make_shop(tmp_path: Path) -> Iterator[Callable[..., Shop]]:
 
     yield make
     for shop in shops:
-        if shop.broker == "rabbitmq":
+        if shop.broker in ("rabbitmq", "redis"):
             with Connection(shop.env["TEST_BROKER_URL"]) as conn:
-                conn.default_channel.queue_delete(shop.env["TEST_QUEUE"])
+                channel = conn.default_channel
+                if shop.broker == "rabbitmq":
+                    channel.queue_delete(shop.env["TEST_QUEUE"])
+                    channel.exchange_delete(shop.dlq)
+                channel.queue_delete(shop.dlq)
         drop_tables(shop.store)
         reset(shop.app)

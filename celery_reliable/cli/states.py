@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from celery import Celery
 
-from celery_reliable.errors import ReliableError
+from celery_reliable.cli.output import ask, echo_json, table
 from celery_reliable.states import State, Stats, TaskState, Transition, prune_expired, queries
-
-T = TypeVar("T")
 
 
 def _app(ctx: click.Context) -> Celery:
@@ -28,28 +25,8 @@ def _app(ctx: click.Context) -> Celery:
     return app
 
 
-def _ask(question: Callable[[], T]) -> T:
-    """Run a query; a store or argument error ends the command with exit code 2."""
-    try:
-        return question()
-    except ReliableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-
-
 def _time(at: float) -> str:
     return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)
-
-
-def _json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
 
 
 def _transition_dict(t: Transition) -> dict[str, Any]:
@@ -75,13 +52,13 @@ def timeline(ctx: click.Context, task_id: str | None, key: str | None, as_json: 
     if (task_id is None) == (key is None):
         raise click.UsageError("give a TASK_ID or --key KEY (one of them)")
     app = _app(ctx)
-    found = _ask(lambda: queries.timeline(app, task_id=task_id, key=key))
+    found = ask(lambda: queries.timeline(app, task_id=task_id, key=key))
     if not found:
         what = f"task {task_id}" if task_id is not None else f"key {key!r}"
         click.echo(f"no such task: nothing recorded for {what}", err=True)
         sys.exit(1)
     if as_json:
-        _json([_transition_dict(t) for t in found])
+        echo_json([_transition_dict(t) for t in found])
         return
     start = found[0].at
     rows = [
@@ -95,7 +72,7 @@ def timeline(ctx: click.Context, task_id: str | None, key: str | None, as_json: 
         click.echo(f"{found[0].name}[{task_id}] key {found[0].key!r}")
         headers.pop(2)
         rows = [r[:2] + r[3:] for r in rows]
-    click.echo(_table(headers, rows))
+    click.echo(table(headers, rows))
 
 
 @reliable_tasks.command()
@@ -112,15 +89,15 @@ def stuck(
 ) -> None:
     """Tasks in a non-terminal state for longer than --older-than seconds, oldest first."""
     app = _app(ctx)
-    found = _ask(lambda: queries.stuck(app, older_than, states or None, limit))
+    found = ask(lambda: queries.stuck(app, older_than, states or None, limit))
     now = datetime.now(timezone.utc).timestamp()
     if as_json:
-        _json([_state_dict(c, now) for c in found])
+        echo_json([_state_dict(c, now) for c in found])
         return
     if not found:
         click.echo(f"no task has been in a non-terminal state for more than {older_than:g} s")
         return
-    click.echo(_table(
+    click.echo(table(
         ["task", "name", "state", "since (UTC)", "for", "attempt", "worker", "key"],
         [[c.task_id, c.name, c.state.value, _time(c.since), f"{c.age(now):.0f}s", c.attempt,
           c.worker, c.key] for c in found],
@@ -135,9 +112,9 @@ def stuck(
 def stats(ctx: click.Context, window: float, as_json: bool) -> None:
     """Transitions per task name and state over the window, and the failure rate."""
     app = _app(ctx)
-    found = _ask(lambda: queries.stats(app, window))
+    found = ask(lambda: queries.stats(app, window))
     if as_json:
-        _json(_stats_dict(found))
+        echo_json(_stats_dict(found))
         return
     click.echo(_stats_table(found))
 
@@ -165,7 +142,7 @@ def _stats_table(s: Stats) -> str:
     rows = [[name, *(s.counts[name].get(st, 0) for st in columns), rate(s.failure_rate(name))]
             for name in sorted(s.counts)]
     rows.append(["(all)", *(s.totals()[st] for st in columns), rate(s.failure_rate())])
-    return heading + "\n" + _table(["task", *(st.value for st in columns), "failure rate"], rows)
+    return heading + "\n" + table(["task", *(st.value for st in columns), "failure rate"], rows)
 
 
 @reliable_tasks.command()
@@ -177,7 +154,7 @@ def prune(ctx: click.Context, limit: int) -> None:
     app = _app(ctx)
     total = 0
     while True:
-        n = _ask(lambda: prune_expired(app, limit))
+        n = ask(lambda: prune_expired(app, limit))
         total += n
         if n < limit:
             break

@@ -103,29 +103,35 @@ class Recorder:
         """Record that the task moved to ``state`` now.  Never raises, never blocks (async)."""
         if not self.enabled:
             return
-        try:
-            state = State(state)
-        except ValueError:
-            with self._lock:
-                self.counters["rejected_illegal"] += 1
-            logger.error("unknown task state %r for %s[%s]: a bug, not recorded",
-                         state, name, task_id)
-            return
+        if not isinstance(state, State):
+            try:
+                state = State(state)
+            except ValueError:
+                with self._lock:
+                    self.counters["rejected_illegal"] += 1
+                logger.error("unknown task state %r for %s[%s]: a bug, not recorded",
+                             state, name, task_id)
+                return
+        if len(name) > _NAME_MAX:
+            name = name[:_NAME_MAX]
+        if worker is not None and len(worker) > _NAME_MAX:
+            worker = worker[:_NAME_MAX]
+        if error is not None:
+            error_type: str | None = type(error).__name__[:_NAME_MAX]
+            error_message: str | None = str(error)[:_MESSAGE_MAX]
+        else:
+            error_type = error_message = None
         with self._lock:
             # Whole microseconds (what Redis scores and ids keep), strictly increasing
             # within a process even if the wall clock steps back: the order of one
             # process's transitions is their order in time on every backend.
             self._last_us = max(int(time.time() * 1_000_000), self._last_us + 1)
-            at = self._last_us / 1_000_000
             if len(self._buffer) >= self.buffer_size:
                 self.counters["dropped_on_overflow"] += 1
                 return
             self._buffer.append(Transition(
-                task_id=task_id, name=name[:_NAME_MAX], key=key, state=state,
-                attempt=attempt, worker=worker[:_NAME_MAX] if worker else None, at=at,
-                error_type=type(error).__name__[:_NAME_MAX] if error is not None else None,
-                error_message=str(error)[:_MESSAGE_MAX] if error is not None else None,
-                detail=dict(detail) if detail else None,
+                task_id, name, key, state, attempt, worker or None, self._last_us / 1_000_000,
+                error_type, error_message, dict(detail) if detail else None,
             ))
         if self.mode == SYNC:
             self.flush()

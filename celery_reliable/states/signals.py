@@ -12,6 +12,7 @@ task is looked up in the current app.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -33,15 +34,21 @@ logger = logging.getLogger("celery_reliable")
 
 def _observed(task: Any) -> Celery | None:
     """The app of ``task`` when it is a plain task of an app that records all tasks."""
-    from celery_reliable.runtime import runtime
-    from celery_reliable.task import ReliableTask
-
-    if task is None or isinstance(task, ReliableTask):
-        return None
+    if task is None or isinstance(task, _reliable_task()):
+        return None  # records itself
     app: Celery = task._get_app()
     if not app.conf.get("reliable_record_all_tasks"):
         return None
+    from celery_reliable.runtime import runtime
+
     return app if runtime(app).settings.record_all_tasks else None
+
+
+@functools.cache
+def _reliable_task() -> type:
+    from celery_reliable.task import ReliableTask  # imports this module
+
+    return ReliableTask
 
 
 def _record(task: Any, task_id: str, state: State, request: Any = None, **extra: Any) -> None:
@@ -56,6 +63,8 @@ def _record(task: Any, task_id: str, state: State, request: Any = None, **extra:
 
 
 def on_publish(sender: Any = None, headers: Any = None, **_: Any) -> None:
+    if not headers or "reliable_key" in headers:
+        return  # a ReliableTask's message: it records itself
     task = current_app.tasks.get(sender) if isinstance(sender, str) else None
     if task is None or not headers or _observed(task) is None:
         return

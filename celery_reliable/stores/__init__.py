@@ -13,6 +13,10 @@ from celery_reliable.errors import ConfigurationError
 from celery_reliable.stores.base import (
     Claim,
     ClaimStatus,
+    DeadLetter,
+    DeadLetterPage,
+    DeadLetterQuery,
+    Failure,
     KeyState,
     Lease,
     PublishOutcome,
@@ -63,6 +67,10 @@ def open_store(url: str, *, prefix: str = "reliable", shards: int = 1) -> Store:
 __all__ = [
     "Claim",
     "ClaimStatus",
+    "DeadLetter",
+    "DeadLetterPage",
+    "DeadLetterQuery",
+    "Failure",
     "KeyState",
     "Lease",
     "PublishOutcome",

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from celery_reliable.errors import StoreError
 
 
 class ClaimStatus(str, enum.Enum):
@@ -41,6 +44,9 @@ class ClaimStatus(str, enum.Enum):
     """The key was used with different arguments (fingerprint mismatch)."""
     LOST_TOO_OFTEN = "lost_too_often"
     """Its runs were lost with their worker ``max_lost`` times: dead-letter, never run again."""
+    DEAD_LETTERED = "dead_lettered"
+    """This task id is a dead letter not replayed since: a stale copy (a redelivery, an
+    earlier rescue); absorbed, never run (only a replay runs it again)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,121 @@ class TaskRecord:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """What the dead-letter index keeps about a final failure, besides the record.
+
+    Optional everywhere: the rescuer and the revoke handler know less than a task.
+    """
+
+    exc_type: str | None = None
+    traceback: str | None = None
+    attempts: int = 0
+    worker: str | None = None
+    queue: str | None = None
+    """The queue the task was published to (a filter of the index)."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One entry of the dead-letter index: the task's record and its failure.
+
+    Keyed by task id: a task dead-lettered twice (a crash between the DLQ
+    publish and the ack, or a replay that failed again) is one entry, updated.
+    """
+
+    record: TaskRecord
+    """The republishable record; ``reason``, ``error`` and ``dead_at`` are set."""
+    failure: Failure
+    replays: int = 0
+    """Times it was replayed."""
+    replayed_at: float | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.record.task_id
+
+    @property
+    def dead_at(self) -> float:
+        return self.record.dead_at or 0.0
+
+    @property
+    def replayed(self) -> bool:
+        """Replayed since it was last dead-lettered (a replay that failed again is not)."""
+        return self.replayed_at is not None and self.replayed_at >= self.dead_at
+
+
+@dataclass(frozen=True)
+class DeadLetterQuery:
+    """Filters of :meth:`Store.list_dead_letters`; every given one must match."""
+
+    name: str | None = None
+    exc_type: str | None = None
+    reason: str | None = None
+    queue: str | None = None
+    since: float | None = None
+    """dead_at >= since (epoch seconds)."""
+    until: float | None = None
+    """dead_at <= until."""
+    text: str | None = None
+    """Case-insensitive substring of the error message."""
+    replayed: bool | None = None
+    """True: only replayed entries; False: only unresolved ones."""
+
+    def matches(self, letter: DeadLetter) -> bool:
+        """The reference semantics (the memory store; the others do it in the database)."""
+        r, f = letter.record, letter.failure
+        return (
+            (self.name is None or r.name == self.name)
+            and (self.exc_type is None or f.exc_type == self.exc_type)
+            and (self.reason is None or r.reason == self.reason)
+            and (self.queue is None or f.queue == self.queue)
+            and (self.since is None or letter.dead_at >= self.since)
+            and (self.until is None or letter.dead_at <= self.until)
+            and (self.text is None or self.text.lower() in (r.error or "").lower())
+            and (self.replayed is None or letter.replayed == self.replayed)
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetterPage:
+    entries: list[DeadLetter]
+    """Newest first (dead_at, then task id, descending)."""
+    cursor: str | None
+    """Pass it back for the next page; None when there is none."""
+
+
+def record_queue(options: str) -> str | None:
+    """The queue named in a record's publish options (JSON text), if any."""
+    try:
+        queue = json.loads(options).get("queue")
+    except (ValueError, AttributeError):
+        return None
+    return queue if isinstance(queue, str) else None
+
+
+def page_cursor(letter: DeadLetter) -> str:
+    """A keyset cursor: the position after ``letter`` in (dead_at, task id) descending order."""
+    return f"{letter.dead_at!r}|{letter.task_id}"
+
+
+def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """(dead_at, task id) of a cursor; ValueError when it is not one of ours."""
+    if not cursor:
+        return None
+    at, sep, task_id = cursor.partition("|")
+    if not sep:
+        raise ValueError(f"not a dead-letter cursor: {cursor!r}")
+    return float(at), task_id
+
+
+def after_cursor(letter: DeadLetter, position: tuple[float, str] | None) -> bool:
+    """Whether ``letter`` comes after ``position`` in the listing order."""
+    if position is None:
+        return True
+    return (letter.dead_at, letter.task_id) < position
+
+
+@dataclass(frozen=True)
 class Lease:
     """One running claim, as the heartbeat renews it."""
 
@@ -150,6 +271,10 @@ class BreakerCheck:
     """Consecutive failures counted so far."""
 
 
+Completion = Callable[[bool | None, StoreError | None], None]
+"""``then(ok, error)`` of :meth:`Store.complete_soon`."""
+
+
 class Store(abc.ABC):
     """One backend. Chosen by URL scheme through :func:`celery_reliable.stores.open_store`."""
 
@@ -165,6 +290,13 @@ class Store(abc.ABC):
         ``queued`` (unless it is running: a retry re-persists its own record)
         and the record is indexed with deadline now + ``deadline_in``.
         """
+
+    def publish_many(
+        self, records: Sequence[tuple[TaskRecord, float]], dedupe: bool
+    ) -> list[PublishOutcome]:
+        """:meth:`publish` for several ``(record, deadline_in)`` at once (a replay of
+        many dead letters): one round trip on Redis, one transaction on SQL."""
+        return [self.publish(record, deadline_in, dedupe) for record, deadline_in in records]
 
     @abc.abstractmethod
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
@@ -201,6 +333,24 @@ class Store(abc.ABC):
         holds the lease.
         """
 
+    def complete_soon(
+        self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
+        retention: float, then: Completion,
+    ) -> None:
+        """:meth:`complete`, without waiting for the answer where the backend can.
+
+        The Redis store writes the call now and reads the answer before this
+        thread's next store call (or at :meth:`drain`), so the worker acknowledges
+        the message meanwhile; other backends complete here.  ``then(ok, error)``
+        gets :meth:`complete`'s answer or the error that came back instead; it must
+        not raise.  Raises :class:`StoreError` like :meth:`complete` when the call
+        could not even be made.
+        """
+        then(self.complete(key, fingerprint, owner, task_id, result, retention), None)
+
+    def drain(self) -> None:
+        """Take in now the answers :meth:`complete_soon` left unread (this thread's)."""
+
     @abc.abstractmethod
     def release(self, key: str, owner: str, task_id: str, requeued: bool) -> bool:
         """Give the key up without success.
@@ -217,12 +367,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def dead_letter(
         self, task_id: str, key: str, reason: str, error: str | None,
-        fallback: TaskRecord | None = None,
+        fallback: TaskRecord | None = None, failure: Failure | None = None,
     ) -> None:
         """Move the task's record to the dead letters (created from ``fallback`` if absent).
 
         A key still ``queued`` or ``running`` for this task is forgotten, so the
         producer no longer answers "in flight" with a task that will not run.
+        The entry is keyed by task id: a second dead letter of the same task
+        updates it (its replay count is kept).
         """
 
     # -- rescuer ---------------------------------------------------------------
@@ -282,6 +434,38 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
         """The most recent dead-lettered records, newest first."""
+
+    # -- the dead-letter index ----------------------------------------------------
+    @abc.abstractmethod
+    def get_dead_letter(self, task_id: str) -> DeadLetter | None:
+        """One entry by task id (no key needed)."""
+
+    @abc.abstractmethod
+    def list_dead_letters(
+        self, query: DeadLetterQuery, limit: int = 100, cursor: str | None = None
+    ) -> DeadLetterPage:
+        """Entries matching ``query``, newest first, ``limit`` at most, after ``cursor``.
+
+        An index range read (not a scan) when no filter or one equality filter is
+        given; other filters are checked entry by entry within the index order.
+        """
+
+    @abc.abstractmethod
+    def claim_replays(self, task_ids: Sequence[str], force: bool) -> list[str]:
+        """Mark entries replayed (count + time) and return the ids marked.
+
+        An entry already replayed since it was last dead-lettered is left out
+        unless ``force``; a missing one is left out.  Atomic per entry, so two
+        concurrent replays of one entry publish it once.
+        """
+
+    @abc.abstractmethod
+    def undo_replay(self, task_id: str) -> None:
+        """Take back a :meth:`claim_replays` whose publish failed."""
+
+    @abc.abstractmethod
+    def delete_dead_letters(self, task_ids: Sequence[str]) -> int:
+        """Remove entries from the index (purge); how many existed."""
 
     @abc.abstractmethod
     def pending_count(self) -> int:

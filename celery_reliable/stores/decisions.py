@@ -76,10 +76,14 @@ class ClaimDecision:
 
 def claim(
     current: KeyState | None, fingerprint: str, task_id: str, owner: str, lease: float,
-    max_lost: int, now: float,
+    max_lost: int, now: float, dead_lettered: bool = False,
 ) -> ClaimDecision:
+    """``dead_lettered``: ``task_id`` is a dead letter not replayed since (only asked
+    when the key has no state: dead-lettering forgets the key of its task)."""
     lost = 0
     status = ClaimStatus.CLAIMED
+    if current is None and dead_lettered:
+        return ClaimDecision(Claim(ClaimStatus.DEAD_LETTERED, task_id))
     if current is not None:
         if current.fingerprint != fingerprint:
             return ClaimDecision(Claim(ClaimStatus.CONFLICT, current.task_id))

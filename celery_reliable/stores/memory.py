@@ -16,12 +16,20 @@ from celery_reliable.stores import decisions
 from celery_reliable.stores.base import (
     BreakerCheck,
     Claim,
+    DeadLetter,
+    DeadLetterPage,
+    DeadLetterQuery,
+    Failure,
     KeyState,
     Lease,
     PublishOutcome,
     Store,
     SweepPolicy,
     TaskRecord,
+    after_cursor,
+    page_cursor,
+    parse_cursor,
+    record_queue,
 )
 
 
@@ -36,7 +44,7 @@ class MemoryStore(Store):
         self._keys: dict[str, tuple[KeyState, float | None]] = {}  # key -> (state, expires_at)
         self._records: dict[str, TaskRecord] = {}
         self._due: dict[str, float] = {}
-        self._dead: dict[str, TaskRecord] = {}
+        self._dead: dict[str, DeadLetter] = {}
         self._sweeper: tuple[str, float] | None = None
         self._budget: dict[tuple[str, str, int], int] = {}  # (scope, f|r, second) -> count
         self._breakers: dict[str, decisions.Breaker] = {}
@@ -73,8 +81,10 @@ class MemoryStore(Store):
     ) -> Claim:
         with self._lock:
             now = self.clock()
+            letter = self._dead.get(task_id)
             decision = decisions.claim(
-                self._key(key), fingerprint, task_id, owner, lease, max_lost, now
+                self._key(key), fingerprint, task_id, owner, lease, max_lost, now,
+                dead_lettered=letter is not None and not letter.replayed,
             )
             if decision.write is not None:
                 self._keys[key] = (decision.write, None)
@@ -144,10 +154,14 @@ class MemoryStore(Store):
 
     def dead_letter(
         self, task_id: str, key: str, reason: str, error: str | None,
-        fallback: TaskRecord | None = None,
+        fallback: TaskRecord | None = None, failure: Failure | None = None,
     ) -> None:
         with self._lock:
-            record = self._records.pop(task_id, None) or fallback
+            previous = self._dead.get(task_id)
+            record = (
+                self._records.pop(task_id, None) or fallback
+                or (previous.record if previous else None)
+            )
             self._due.pop(task_id, None)
             current = self._key(key)
             if current is not None and current.task_id == task_id and current.state in (
@@ -156,8 +170,15 @@ class MemoryStore(Store):
                 del self._keys[key]
             if record is None:
                 record = TaskRecord(task_id, "", key, "", "", "", "", "{}")
-            self._dead[task_id] = replace(
-                record, state="dead", reason=reason, error=error, dead_at=self.clock()
+            failure = failure or Failure()
+            if failure.queue is None:
+                failure = replace(failure, queue=record_queue(record.options))
+            self._dead[task_id] = DeadLetter(
+                replace(record, task_id=task_id, state="dead", reason=reason, error=error,
+                        dead_at=self.clock()),
+                failure,
+                replays=previous.replays if previous else 0,
+                replayed_at=previous.replayed_at if previous else None,
             )
 
     def acquire_sweeper(self, owner: str, ttl: float) -> bool:
@@ -219,12 +240,51 @@ class MemoryStore(Store):
 
     def get_record(self, task_id: str, key: str) -> TaskRecord | None:
         with self._lock:
-            return self._records.get(task_id) or self._dead.get(task_id)
+            letter = self._dead.get(task_id)
+            return self._records.get(task_id) or (letter.record if letter else None)
 
     def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
+        return [e.record for e in self.list_dead_letters(DeadLetterQuery(), limit).entries]
+
+    def get_dead_letter(self, task_id: str) -> DeadLetter | None:
         with self._lock:
-            ordered = sorted(self._dead.values(), key=lambda r: r.dead_at or 0, reverse=True)
-            return ordered[:limit]
+            return self._dead.get(task_id)
+
+    def list_dead_letters(
+        self, query: DeadLetterQuery, limit: int = 100, cursor: str | None = None
+    ) -> DeadLetterPage:
+        position = parse_cursor(cursor)
+        with self._lock:
+            ordered = sorted(self._dead.values(), key=lambda e: (e.dead_at, e.task_id),
+                             reverse=True)
+        found = [e for e in ordered if after_cursor(e, position) and query.matches(e)]
+        page = found[:limit]
+        more = len(found) > limit
+        return DeadLetterPage(page, page_cursor(page[-1]) if more else None)
+
+    def claim_replays(self, task_ids: Sequence[str], force: bool) -> list[str]:
+        with self._lock:
+            marked = []
+            for task_id in task_ids:
+                letter = self._dead.get(task_id)
+                if letter is None or (letter.replayed and not force):
+                    continue
+                self._dead[task_id] = replace(
+                    letter, replays=letter.replays + 1, replayed_at=self.clock()
+                )
+                marked.append(task_id)
+            return marked
+
+    def undo_replay(self, task_id: str) -> None:
+        with self._lock:
+            letter = self._dead.get(task_id)
+            if letter is not None and letter.replays:
+                self._dead[task_id] = replace(letter, replays=letter.replays - 1,
+                                              replayed_at=None)
+
+    def delete_dead_letters(self, task_ids: Sequence[str]) -> int:
+        with self._lock:
+            return sum(self._dead.pop(t, None) is not None for t in set(task_ids))
 
     def pending_count(self) -> int:
         with self._lock:

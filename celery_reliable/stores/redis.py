@@ -6,7 +6,10 @@ modulo ``reliable_redis_shards``)::
     {reliable:S}:k:<key>      key state (cjson array, see lua/common.lua), TTL
     {reliable:S}:t:<task_id>  task record (hash)
     {reliable:S}:due          rescue index: task id -> deadline (ms), a sorted set
+    {reliable:S}:d:<task_id>  dead letter (hash: the record, the failure, replays)
     {reliable:S}:dead         dead letters: task id -> time (ms)
+    {reliable:S}:dead:n:<name>, :dead:r:<reason>, :dead:e:<exception type>,
+    {reliable:S}:dead:q:<queue>   the same, per filter value (listing without a scan)
     {reliable}:sweeper        the one-sweeper-at-a-time lease
 
 Everything one script touches shares the ``{reliable:S}`` hash tag, so the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 import uuid
 import zlib
@@ -35,6 +39,11 @@ from celery_reliable.stores.base import (
     BreakerCheck,
     Claim,
     ClaimStatus,
+    Completion,
+    DeadLetter,
+    DeadLetterPage,
+    DeadLetterQuery,
+    Failure,
     KeyState,
     Lease,
     PublishOutcome,
@@ -42,7 +51,10 @@ from celery_reliable.stores.base import (
     Store,
     SweepPolicy,
     TaskRecord,
+    page_cursor,
+    parse_cursor,
 )
+from celery_reliable.stores.redis_calls import ScriptCaller
 
 #: queued/running/dead states are garbage-collected after this long if nobody
 #: touches them again (the rescuer does long before, while records exist).
@@ -50,6 +62,8 @@ STALE_TTL_MS = 7 * 24 * 3600 * 1000
 
 _STATES = {"Q": "queued", "R": "running", "D": "done", "X": "dead"}
 _RECORD_FIELDS = ("name", "key", "fp", "body", "ctype", "cenc", "opts", "pub", "state", "resc")
+#: Dead-letter index entries examined per listing script call (keeps each call short).
+LIST_BUDGET = 5000
 
 T = TypeVar("T")
 
@@ -58,14 +72,18 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _translated(url: str, exc: redis.RedisError) -> StoreError:
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return StoreUnavailable(f"Redis store {url} is unreachable: {exc}")
+    return StoreError(f"Redis store {url} refused a command: {exc}")
+
+
 @contextmanager
 def _guard(url: str) -> Iterator[None]:
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable(f"Redis store {url} is unreachable: {exc}") from exc
-    except redis.ResponseError as exc:
-        raise StoreError(f"Redis store {url} refused a command: {exc}") from exc
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        raise _translated(url, exc) from exc
 
 
 def _guarded(method: Callable[..., T]) -> Callable[..., T]:
@@ -78,19 +96,25 @@ def _guarded(method: Callable[..., T]) -> Callable[..., T]:
 
 
 class RedisStore(Store):
-    def __init__(self, url: str, *, prefix: str = "reliable", shards: int = 1) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "reliable", shards: int = 1,
+        client: redis.Redis | None = None,
+    ) -> None:
+        """``client``: a ready client to use instead of one built from ``url`` (tests)."""
         self.url = url
         parts = urlsplit(url)
         self.safe_url = url.replace(f":{parts.password}@", ":***@") if parts.password else url
-        query = parse_qs(parts.query)
-        options: dict[str, Any] = {"decode_responses": True}
-        # A hung store must not hang a task forever: fail closed within seconds.
-        if "socket_timeout" not in query:
-            options["socket_timeout"] = 5.0
-        if "socket_connect_timeout" not in query:
-            options["socket_connect_timeout"] = 2.0
-        options["health_check_interval"] = 30
-        self.client: redis.Redis = redis.Redis.from_url(url, **options)
+        if client is None:
+            query = parse_qs(parts.query)
+            options: dict[str, Any] = {"decode_responses": True}
+            # A hung store must not hang a task forever: fail closed within seconds.
+            if "socket_timeout" not in query:
+                options["socket_timeout"] = 5.0
+            if "socket_connect_timeout" not in query:
+                options["socket_connect_timeout"] = 2.0
+            options["health_check_interval"] = 30
+            client = redis.Redis.from_url(url, **options)
+        self.client: redis.Redis = client
         self.prefix = prefix
         self.shards = shards
         common = _lua("common")
@@ -99,9 +123,10 @@ class RedisStore(Store):
             for name in (
                 "publish", "lookup", "claim", "heartbeat", "complete", "release",
                 "dead_letter", "sweep", "sweeper", "budget_deposit", "budget_withdraw",
-                "breaker_check", "breaker_report",
+                "breaker_check", "breaker_report", "dead_list", "dead_replay", "dead_delete",
             )
         }
+        self._caller = ScriptCaller(self.client)
 
     # -- key names -------------------------------------------------------------
     def _tag(self, key: str) -> str:
@@ -113,21 +138,33 @@ class RedisStore(Store):
         return f"{tag}:k:{key}", f"{tag}:t:{task_id}", f"{tag}:due"
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._scripts[name](keys=list(keys), args=list(args))
+        return self._caller.call(self._scripts[name], keys, args)
 
     # -- producer side -----------------------------------------------------------
     @_guarded
     def publish(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> PublishOutcome:
-        status, task_id = self._run(
-            "publish",
-            self._names(record.key, record.task_id),
-            [
-                record.task_id, record.fingerprint, "1" if dedupe else "0", _ms(deadline_in),
-                STALE_TTL_MS, record.name, record.key, record.body, record.content_type,
-                record.content_encoding, record.options,
-            ],
-        )
+        status, task_id = self._run("publish", *self._publish_call(record, deadline_in, dedupe))
         return PublishOutcome(PublishStatus(status), _expand(task_id))
+
+    def _publish_call(
+        self, record: TaskRecord, deadline_in: float, dedupe: bool
+    ) -> tuple[list[str], list[Any]]:
+        return list(self._names(record.key, record.task_id)), [
+            record.task_id, record.fingerprint, "1" if dedupe else "0", _ms(deadline_in),
+            STALE_TTL_MS, record.name, record.key, record.body, record.content_type,
+            record.content_encoding, record.options,
+        ]
+
+    @_guarded
+    def publish_many(
+        self, records: Sequence[tuple[TaskRecord, float]], dedupe: bool
+    ) -> list[PublishOutcome]:
+        replies = self._caller.call_many(
+            self._scripts["publish"],
+            [self._publish_call(record, deadline_in, dedupe) for record, deadline_in in records],
+        )
+        return [PublishOutcome(PublishStatus(status), _expand(task_id))
+                for status, task_id in replies]
 
     @_guarded
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
@@ -139,9 +176,10 @@ class RedisStore(Store):
     def claim(
         self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
     ) -> Claim:
+        state, record, due = self._names(key, task_id)
         status, holder, result, lost, left = self._run(
             "claim",
-            self._names(key, task_id),
+            [state, record, due, f"{self._tag(key)}:d:{task_id}"],
             [fingerprint, task_id, owner, _ms(lease), max_lost, STALE_TTL_MS],
         )
         return Claim(
@@ -169,6 +207,40 @@ class RedisStore(Store):
         return bool(self._run("complete", *self.complete_call(
             key, fingerprint, owner, task_id, result, retention
         )))
+
+    @_guarded
+    def complete_soon(
+        self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
+        retention: float, then: Completion,
+    ) -> None:
+        keys, args = self.complete_call(key, fingerprint, owner, task_id, result, retention)
+
+        def answered(reply: Any, error: BaseException | None, again: bool) -> None:
+            if error is not None:
+                then(None, _translated(self.safe_url, error)
+                     if isinstance(error, redis.RedisError) else StoreError(str(error)))
+                return
+            ok = bool(reply)
+            if not ok and again:
+                # The first reply was lost with its connection: that call may have
+                # completed the key already (the second one then finds it done).
+                try:
+                    state = self.get_key(key)
+                except StoreError as exc:
+                    then(None, exc)
+                    return
+                ok = state is not None and state.state == "done" and state.task_id == task_id
+            then(ok, None)
+
+        try:
+            self._caller.send(self._scripts["complete"], keys, args, answered)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # not written: complete now, waiting, through redis-py's retries
+            then(self.complete(key, fingerprint, owner, task_id, result, retention), None)
+
+    def drain(self) -> None:
+        with _guard(self.safe_url):
+            self._caller.drain()
 
     def complete_call(
         self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
@@ -200,9 +272,11 @@ class RedisStore(Store):
     @_guarded
     def dead_letter(
         self, task_id: str, key: str, reason: str, error: str | None,
-        fallback: TaskRecord | None = None,
+        fallback: TaskRecord | None = None, failure: Failure | None = None,
     ) -> None:
         state, record, due = self._names(key, task_id)
+        tag = self._tag(key)
+        f = failure or Failure()
         fields: list[Any] = []
         if fallback is not None:
             fields = [
@@ -212,8 +286,9 @@ class RedisStore(Store):
                 "pub", int(fallback.published_at * 1000), "resc", fallback.rescues,
             ]
         self._run(
-            "dead_letter", [record, due, f"{self._tag(key)}:dead", state],
-            [task_id, reason, error or "", *fields],
+            "dead_letter", [record, due, f"{tag}:dead", state, f"{tag}:d:{task_id}"],
+            [task_id, key, reason, error or "", f"{tag}:dead:", f.exc_type or "",
+             f.traceback or "", f.attempts, f.worker or "", f.queue or "", *fields],
         )
 
     # -- rescuer -------------------------------------------------------------------
@@ -289,9 +364,10 @@ class RedisStore(Store):
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(record)
         pipe.get(state)
-        values, raw_state = pipe.execute()
+        pipe.hgetall(f"{self._tag(key)}:d:{task_id}")
+        values, raw_state, dead = pipe.execute()
         if not values:
-            return None
+            return _record(task_id, dead) if dead else None
         if values.get("state") == "queued" and raw_state and raw_state.startswith("["):
             current = json.loads(raw_state)
             live = current[4] / 1000 > time.time()  # inspection only: the local clock will do
@@ -299,17 +375,117 @@ class RedisStore(Store):
                 values["state"] = "running"  # the claim records it in the key only
         return _record(task_id, values)
 
-    @_guarded
     def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
-        out = []
-        for shard in range(self.shards):
-            tag = f"{{{self.prefix}:{shard}}}"
-            for task_id in self.client.zrevrange(f"{tag}:dead", 0, limit - 1):
-                values = self.client.hgetall(f"{tag}:t:{task_id!s}")
-                if values:
-                    out.append(_record(str(task_id), values))
-        out.sort(key=lambda r: r.dead_at or 0, reverse=True)
-        return out[:limit]
+        return [e.record for e in self.list_dead_letters(DeadLetterQuery(), limit).entries]
+
+    # -- the dead-letter index ---------------------------------------------------------
+    def _shard_tags(self) -> list[str]:
+        return [f"{{{self.prefix}:{shard}}}" for shard in range(self.shards)]
+
+    def _dead_tags(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """The shard tag of each existing dead letter (found by id: the key is not needed)."""
+        tags = self._shard_tags()
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            for tag in tags:
+                pipe.exists(f"{tag}:d:{task_id}")
+        found = iter(pipe.execute())
+        out = {}
+        for task_id in task_ids:
+            for tag in tags:
+                if next(found):
+                    out[task_id] = tag
+        return out
+
+    @_guarded
+    def get_dead_letter(self, task_id: str) -> DeadLetter | None:
+        for tag in self._shard_tags():
+            values = self.client.hgetall(f"{tag}:d:{task_id}")
+            if values:
+                return _dead_letter(task_id, values)
+        return None
+
+    @_guarded
+    def list_dead_letters(
+        self, query: DeadLetterQuery, limit: int = 100, cursor: str | None = None
+    ) -> DeadLetterPage:
+        position = parse_cursor(cursor)
+        found: list[DeadLetter] = []
+        more = False
+        for tag in self._shard_tags():
+            entries, exhausted = self._list_shard(tag, query, limit, position)
+            found += entries
+            more = more or not exhausted
+        found.sort(key=lambda e: (e.dead_at, e.task_id), reverse=True)
+        page = found[:limit]
+        more = more or len(found) > limit
+        return DeadLetterPage(page, page_cursor(page[-1]) if more and page else None)
+
+    def _list_shard(
+        self, tag: str, query: DeadLetterQuery, limit: int, position: tuple[float, str] | None
+    ) -> tuple[list[DeadLetter], bool]:
+        """Up to ``limit`` matching entries of one shard; True when none is left after them."""
+        index = f"{tag}:dead"
+        for kind, value in (("n", query.name), ("r", query.reason), ("e", query.exc_type),
+                            ("q", query.queue)):
+            if value is not None:
+                index = f"{tag}:dead:{kind}:{value}"
+                break
+        top = "+inf" if query.until is None else str(int(query.until * 1000))
+        cursor_id = ""
+        if position is not None:
+            at = round(position[0] * 1000)
+            if query.until is None or at <= int(query.until * 1000):
+                top, cursor_id = str(at), position[1]
+        bottom = "-inf" if query.since is None else str(math.ceil(query.since * 1000))
+        replayed = "" if query.replayed is None else ("1" if query.replayed else "0")
+        out: list[DeadLetter] = []
+        while True:
+            rows, last_score, last_id, done = self._run("dead_list", [index], [
+                f"{tag}:d:", top, cursor_id, bottom, limit - len(out), LIST_BUDGET,
+                query.name or "", query.exc_type or "", query.reason or "",
+                query.queue or "", (query.text or "").lower(), replayed,
+            ])
+            for i in range(0, len(rows), 2):
+                flat = rows[i + 1]
+                out.append(_dead_letter(rows[i], dict(zip(flat[::2], flat[1::2], strict=True))))
+            if done:
+                return out, True
+            if len(out) >= limit:
+                return out, False
+            top, cursor_id = str(last_score), str(last_id)
+
+    @_guarded
+    def claim_replays(self, task_ids: Sequence[str], force: bool) -> list[str]:
+        by_tag: dict[str, list[str]] = {}
+        for task_id, tag in self._dead_tags(list(dict.fromkeys(task_ids))).items():
+            by_tag.setdefault(tag, []).append(task_id)
+        marked: list[str] = []
+        for tag, ids in by_tag.items():
+            marked += self._run("dead_replay", [f"{tag}:d:{t}" for t in ids],
+                                ["1" if force else "0", *ids])
+        return marked
+
+    @_guarded
+    def undo_replay(self, task_id: str) -> None:
+        for tag in self._dead_tags([task_id]).values():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hincrby(f"{tag}:d:{task_id}", "rep", -1)
+            pipe.hdel(f"{tag}:d:{task_id}", "repat")
+            pipe.execute()
+
+    @_guarded
+    def delete_dead_letters(self, task_ids: Sequence[str]) -> int:
+        by_tag: dict[str, list[str]] = {}
+        for task_id, tag in self._dead_tags(list(dict.fromkeys(task_ids))).items():
+            by_tag.setdefault(tag, []).append(task_id)
+        deleted = 0
+        for tag, ids in by_tag.items():
+            deleted += int(self._run(
+                "dead_delete", [f"{tag}:dead", *(f"{tag}:d:{t}" for t in ids)],
+                [f"{tag}:dead:", *ids],
+            ))
+        return deleted
 
     @_guarded
     def pending_count(self) -> int:
@@ -322,10 +498,12 @@ class RedisStore(Store):
         self.client.ping()
 
     def close(self) -> None:
+        self._caller.close()
         self.client.close()
 
     def after_fork(self) -> None:
-        # redis-py's pool notices the new pid by itself; drop sockets eagerly anyway.
+        # redis-py's pool and the script caller notice the new pid by themselves;
+        # drop the pool's sockets eagerly anyway.
         self.client.connection_pool.reset()
 
 
@@ -376,3 +554,18 @@ def _record(task_id: str, v: Mapping[Any, Any]) -> TaskRecord:
 @functools.cache
 def _lua(name: str) -> str:
     return (resources.files("celery_reliable.stores") / "lua" / f"{name}.lua").read_text()
+
+
+def _dead_letter(task_id: str, v: Mapping[Any, Any]) -> DeadLetter:
+    return DeadLetter(
+        record=_record(task_id, v),
+        failure=Failure(
+            exc_type=v.get("exc") or None,
+            traceback=v.get("tb") or None,
+            attempts=int(v.get("att") or 0),
+            worker=v.get("wrk") or None,
+            queue=v.get("q") or None,
+        ),
+        replays=int(v.get("rep") or 0),
+        replayed_at=int(v["repat"]) / 1000 if v.get("repat") else None,
+    )

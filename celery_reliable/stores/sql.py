@@ -27,58 +27,46 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     Connection,
     RowMapping,
     Select,
-    Table,
     bindparam,
     create_engine,
     delete,
     event,
     func,
-    insert,
     make_url,
     or_,
     select,
     update,
 )
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
-from celery_reliable.errors import ConfigurationError, StoreError, StoreUnavailable
+from celery_reliable.errors import ConfigurationError
 from celery_reliable.stores import decisions, migrations
 from celery_reliable.stores.base import (
-    BreakerCheck,
     Claim,
+    Failure,
     KeyState,
     Lease,
     PublishOutcome,
-    Store,
     SweepPolicy,
     TaskRecord,
+    record_queue,
 )
-
-T = TypeVar("T")
+from celery_reliable.stores.sql_base import READ_ONLY_OPTION
+from celery_reliable.stores.sql_dead_letters import SQLDeadLetters, record_columns
+from celery_reliable.stores.sql_limits import SQLLimits
 
 #: How long a SQLite writer waits for the file's write lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Seconds to wait for a PostgreSQL/MariaDB connection: fail closed, do not hang a task.
 CONNECT_TIMEOUT = 5
-_ATTEMPTS = 5
-#: Deadlock victim or serialization failure (PostgreSQL SQLSTATEs, MariaDB errno).
-_RETRYABLE = {"40P01", "40001", 1213}
-_MYSQL_DUPLICATE_KEY = 1062
-#: Seconds of retry-budget counters kept (Redis keeps them as long): windows up to this.
-BUDGET_KEEP = 60
-_BUDGET_LOCK = 0  # the epoch second of each scope's lock row
-_READ_ONLY = "reliable_read_only"
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _DRIVERS = {  # a bare scheme gets the driver the ``sql`` extra installs
     "postgres": "postgresql+psycopg",
@@ -86,10 +74,6 @@ _DRIVERS = {  # a bare scheme gets the driver the ``sql`` extra installs
     "mysql": "mysql+pymysql",
     "mariadb": "mariadb+pymysql",
 }
-
-
-class _Retry(Exception):
-    """Another transaction inserted the row we meant to: start over, and lock it this time."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +85,11 @@ class _Locked:
     now: float
 
 
-class SQLStore(Store):
+class SQLStore(SQLDeadLetters, SQLLimits):
+    """Keys, task records and the rescue index; budgets and breakers come from
+    :class:`.sql_limits.SQLLimits`, the dead-letter index from
+    :class:`.sql_dead_letters.SQLDeadLetters`, transactions from :class:`.sql_base.SQLBase`."""
+
     def __init__(self, url: str, *, prefix: str = "reliable", shards: int = 1) -> None:
         """``shards`` is accepted for the common signature and ignored."""
         if not _PREFIX.match(prefix):
@@ -121,53 +109,8 @@ class SQLStore(Store):
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
-        self._reader = self.engine.execution_options(**{_READ_ONLY: True})
+        self._reader = self.engine.execution_options(**{READ_ONLY_OPTION: True})
         self._schema_checked = False
-
-    # -- transactions and errors -------------------------------------------------------
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Driver errors as ours: unreachable is StoreUnavailable (fail closed), else StoreError."""
-        where = f"SQL store {self.safe_url}"
-        try:
-            yield
-        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-            raise StoreUnavailable(f"{where} is unreachable: {_reason(exc)}") from exc
-        except sa_exc.DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable(f"{where} lost its connection: {_reason(exc)}") from exc
-            raise StoreError(f"{where} refused a statement: {_reason(exc)}") from exc
-
-    def _write(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` as one transaction; again from the start when it asks to (``_Retry``)
-        or was chosen as a deadlock victim, which InnoDB says any transaction may be."""
-        self._require_schema()
-        with self._guard():
-            for _ in range(_ATTEMPTS):
-                try:
-                    with self.engine.begin() as conn:
-                        return work(conn)
-                except _Retry:
-                    continue
-                except sa_exc.DBAPIError as exc:
-                    if _code(exc) not in _RETRYABLE:
-                        raise
-        raise StoreUnavailable(
-            f"SQL store {self.safe_url}: a transaction collided with concurrent ones "
-            f"{_ATTEMPTS} times in a row; try again"
-        )
-
-    def _read(self, work: Callable[[Connection], T]) -> T:
-        """One read-only transaction (a plain BEGIN on SQLite: it does not queue behind writers)."""
-        self._require_schema()
-        with self._guard(), self._reader.begin() as conn:
-            return work(conn)
-
-    def _require_schema(self) -> None:
-        """Check the schema once per store: a missing migration fails with a message saying
-        so, not with 'no such table' in the middle of a claim.  Never creates anything."""
-        if not self._schema_checked:
-            self.ping()
 
     # -- row helpers -------------------------------------------------------------------
     def _lock_key(self, conn: Connection, key: str) -> _Locked:
@@ -190,7 +133,7 @@ class SQLStore(Store):
         if locked.exists:
             conn.execute(update(k).where(k.c.key == key).values(values))
         else:
-            self._insert(conn, k, {"key": key, **values})
+            self.insert_new(conn, k, [{"key": key, **values}])
 
     def _save_record(self, conn: Connection, values: dict[str, Any]) -> None:
         """Overwrite the task's record, or insert it: UPDATE first, which on InnoDB locks an
@@ -198,23 +141,7 @@ class SQLStore(Store):
         t = self.schema.tasks
         move = update(t).where(t.c.task_id == values["task_id"]).values(values)
         if not conn.execute(move).rowcount:
-            self._insert(conn, t, values)
-
-    def _insert(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
-        """INSERT a new row; when another transaction inserted it first, start over."""
-        if self.dialect == "mysql":
-            try:
-                conn.execute(insert(table).values(values))
-            except sa_exc.IntegrityError as exc:
-                if _code(exc) == _MYSQL_DUPLICATE_KEY:
-                    raise _Retry from exc
-                raise
-            return
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = dialect_insert(table).values(values).on_conflict_do_nothing()
-        # SQLAlchemy keeps an INSERT's rowcount only when asked to.
-        if conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 0:
-            raise _Retry
+            self.insert_new(conn, t, [values])
 
     def _drop_record(self, conn: Connection, task_id: str) -> None:
         t = self.schema.tasks
@@ -236,23 +163,75 @@ class SQLStore(Store):
 
     # -- producer side -----------------------------------------------------------------
     def publish(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> PublishOutcome:
-        def work(conn: Connection) -> PublishOutcome:
-            locked = self._lock_key(conn, record.key)
-            now = locked.now
-            decision = decisions.publish(
-                locked.state, record.fingerprint, record.task_id, dedupe
-            )
-            if decision.write is not None:
-                self._write_key(conn, locked, record.key, decision.write)
-            if decision.persist:
-                fresh = replace(
-                    record, published_at=now, state="queued", reason=None, error=None,
-                    dead_at=None,
-                )
-                self._save_record(conn, {**asdict(fresh), "deadline": now + deadline_in})
-            return decision.outcome
+        return self._write(lambda conn: self._publish(conn, record, deadline_in, dedupe))
+
+    def publish_many(
+        self, records: Sequence[tuple[TaskRecord, float]], dedupe: bool
+    ) -> list[PublishOutcome]:
+        """One transaction, a few statements per chunk of 500 (a replay of thousands of
+        dead letters); the rules are :func:`decisions.publish`, applied in order, so a
+        later record of one key sees what an earlier one decided."""
+        if not records:
+            return []
+
+        def work(conn: Connection) -> list[PublishOutcome]:
+            outcomes: list[PublishOutcome] = []
+            for start in range(0, len(records), 500):
+                outcomes += self._publish_chunk(conn, records[start:start + 500], dedupe)
+            return outcomes
 
         return self._write(work)
+
+    def _publish_chunk(
+        self, conn: Connection, records: Sequence[tuple[TaskRecord, float]], dedupe: bool
+    ) -> list[PublishOutcome]:
+        k, t = self.schema.keys, self.schema.tasks
+        names = sorted({record.key for record, _ in records})  # one lock order
+        rows = conn.execute(
+            select(k).where(k.c.key.in_(names)).order_by(k.c.key).with_for_update()
+        ).mappings().all()
+        now = time.time()
+        exists = {row["key"] for row in rows}
+        states = {row["key"]: _live_state(row, now) for row in rows}
+        keys: dict[str, KeyState] = {}
+        fresh: dict[str, dict[str, Any]] = {}
+        outcomes = []
+        for record, deadline_in in records:
+            decision = decisions.publish(
+                states.get(record.key), record.fingerprint, record.task_id, dedupe
+            )
+            if decision.write is not None:
+                states[record.key] = keys[record.key] = decision.write
+            if decision.persist:
+                saved = replace(record, published_at=now, state="queued", reason=None,
+                                error=None, dead_at=None)
+                fresh[record.task_id] = {**asdict(saved), "deadline": now + deadline_in}
+            outcomes.append(decision.outcome)
+        key_rows = [{"key": key, **asdict(state), "expires_at": None}
+                    for key, state in keys.items()]
+        self.update_many(conn, k, "key", [r for r in key_rows if r["key"] in exists])
+        self.insert_new(conn, k, [r for r in key_rows if r["key"] not in exists])
+        known = set(conn.scalars(
+            select(t.c.task_id).where(t.c.task_id.in_(sorted(fresh))).with_for_update()
+        ))
+        self.update_many(conn, t, "task_id", [v for i, v in fresh.items() if i in known])
+        self.insert_new(conn, t, [v for i, v in fresh.items() if i not in known])
+        return outcomes
+
+    def _publish(
+        self, conn: Connection, record: TaskRecord, deadline_in: float, dedupe: bool
+    ) -> PublishOutcome:
+        locked = self._lock_key(conn, record.key)
+        now = locked.now
+        decision = decisions.publish(locked.state, record.fingerprint, record.task_id, dedupe)
+        if decision.write is not None:
+            self._write_key(conn, locked, record.key, decision.write)
+        if decision.persist:
+            fresh = replace(
+                record, published_at=now, state="queued", reason=None, error=None, dead_at=None,
+            )
+            self._save_record(conn, {**asdict(fresh), "deadline": now + deadline_in})
+        return decision.outcome
 
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
         return decisions.lookup(self.get_key(key), fingerprint, time.time())
@@ -265,7 +244,8 @@ class SQLStore(Store):
             locked = self._lock_key(conn, key)
             now = locked.now
             decision = decisions.claim(
-                locked.state, fingerprint, task_id, owner, lease, max_lost, now
+                locked.state, fingerprint, task_id, owner, lease, max_lost, now,
+                dead_lettered=locked.state is None and self._unreplayed_dead(conn, task_id),
             )
             if decision.write is not None:
                 self._write_key(conn, locked, key, decision.write)
@@ -276,6 +256,13 @@ class SQLStore(Store):
             return decision.claim
 
         return self._write(work)
+
+    def _unreplayed_dead(self, conn: Connection, task_id: str) -> bool:
+        dl = self.schema.dead_letters
+        row = conn.execute(
+            select(dl.c.dead_at, dl.c.replayed_at).where(dl.c.task_id == task_id)
+        ).first()
+        return row is not None and (row.replayed_at is None or row.replayed_at < row.dead_at)
 
     def heartbeat(self, leases: Sequence[Lease], lease: float) -> list[bool]:
         if not leases:
@@ -334,9 +321,10 @@ class SQLStore(Store):
 
     def dead_letter(
         self, task_id: str, key: str, reason: str, error: str | None,
-        fallback: TaskRecord | None = None,
+        fallback: TaskRecord | None = None, failure: Failure | None = None,
     ) -> None:
-        t, k = self.schema.tasks, self.schema.keys
+        t, k, dl = self.schema.tasks, self.schema.keys, self.schema.dead_letters
+        f = failure or Failure()
 
         def work(conn: Connection) -> None:
             current = self._lock_key(conn, key).state
@@ -345,13 +333,26 @@ class SQLStore(Store):
             ):
                 # Forgotten, or producers would answer "in flight" with a task that will not run.
                 conn.execute(delete(k).where(k.c.key == key))
-            dead = {"state": "dead", "reason": reason, "error": error, "dead_at": time.time()}
-            move = update(t).where(t.c.task_id == task_id).values(deadline=None, **dead)
+            row = conn.execute(
+                select(t).where(t.c.task_id == task_id).with_for_update()
+            ).mappings().first()
+            if row is not None:
+                self._drop_record(conn, task_id)
+            base = _record(row) if row is not None else fallback
+            entry: dict[str, Any] = {
+                "reason": reason, "error": error, "dead_at": time.time(),
+                "exc_type": f.exc_type, "traceback": f.traceback, "attempts": f.attempts,
+                "worker": f.worker,
+                "queue": f.queue or (record_queue(base.options) if base is not None else None),
+            }
+            if base is not None:
+                entry.update(record_columns(replace(base, task_id=task_id)))
+            move = update(dl).where(dl.c.task_id == task_id).values(entry)
             if conn.execute(move).rowcount:
-                return
-            base = fallback or TaskRecord(task_id, "", key, "", "", "", "", "{}")
-            values = {**asdict(replace(base, task_id=task_id)), **dead, "deadline": None}
-            self._insert(conn, t, values)
+                return  # dead-lettered again: one entry, its replays kept
+            if base is None:
+                entry.update(record_columns(TaskRecord(task_id, "", key, "", "", "", "", "{}")))
+            self.insert_new(conn, dl, [{"task_id": task_id, "replays": 0, **entry}])
 
         self._write(work)
 
@@ -387,83 +388,6 @@ class SQLStore(Store):
 
         return self._write(work)
 
-    # -- retry budgets and circuit breakers ---------------------------------------------
-    def _count(self, conn: Connection, scope: str, second: int, **increments: int) -> None:
-        """Add to the scope's counters of one second (an UPDATE also locks the row)."""
-        b = self.schema.budget
-        row = (b.c.scope == scope) & (b.c.epoch_second == second)
-        added = {name: b.c[name] + n for name, n in increments.items()}
-        if not conn.execute(update(b).where(row).values(added)).rowcount:
-            fresh = {"scope": scope, "epoch_second": second, "firsts": 0, "retries": 0}
-            self._insert(conn, b, {**fresh, **increments})
-
-    def _trim_budget(self, conn: Connection, scope: str, now: int) -> None:
-        # Redis lets these counters expire; here whoever touches a scope drops its old seconds.
-        b = self.schema.budget
-        old = b.c.epoch_second.between(_BUDGET_LOCK + 1, now - BUDGET_KEEP)
-        conn.execute(delete(b).where(b.c.scope == scope, old))
-
-    def budget_deposit(self, scope: str, first_attempts: int) -> None:
-        def work(conn: Connection) -> None:
-            now = int(time.time())
-            self._count(conn, scope, now, firsts=first_attempts)
-            self._trim_budget(conn, scope, now)
-
-        self._write(work)
-
-    def budget_withdraw(self, scope: str, ratio: float, floor: float, window: float) -> bool:
-        """Withdrawals of one scope serialize on its lock row: two never take the last retry."""
-        b = self.schema.budget
-
-        def work(conn: Connection) -> bool:
-            self._count(conn, scope, _BUDGET_LOCK, retries=0)
-            now = int(time.time())
-            seconds = b.c.epoch_second.between(now - int(window) + 1, now)
-            sums = select(func.coalesce(func.sum(b.c.firsts), 0),
-                          func.coalesce(func.sum(b.c.retries), 0))
-            firsts, retries = (int(n) for n in conn.execute(
-                sums.where(b.c.scope == scope, seconds)).one())
-            if retries >= ratio * firsts + floor * window:
-                return False
-            self._count(conn, scope, now, retries=1)
-            self._trim_budget(conn, scope, now)
-            return True
-
-        return self._write(work)
-
-    def _lock_breaker(self, conn: Connection, name: str) -> decisions.Breaker | None:
-        b = self.schema.breakers
-        query = select(b.c.state, b.c.failures, b.c.open_until, b.c.probe, b.c.probe_until)
-        row = conn.execute(query.where(b.c.name == name).with_for_update()).mappings().first()
-        return None if row is None else decisions.Breaker(**row)
-
-    def breaker_check(self, name: str, owner: str, probe_ttl: float) -> BreakerCheck:
-        b = self.schema.breakers
-
-        def work(conn: Connection) -> BreakerCheck:
-            check, probing = decisions.breaker_check(
-                self._lock_breaker(conn, name), owner, probe_ttl, time.time()
-            )
-            if probing is not None:
-                conn.execute(update(b).where(b.c.name == name).values(asdict(probing)))
-            return check
-
-        return self._write(work)
-
-    def breaker_report(self, name: str, ok: bool, threshold: int, cool_down: float) -> str:
-        b = self.schema.breakers
-
-        def work(conn: Connection) -> str:
-            current = self._lock_breaker(conn, name)
-            breaker = decisions.breaker_report(current, ok, threshold, cool_down, time.time())
-            if current is None:
-                self._insert(conn, b, {"name": name, **asdict(breaker)})
-            else:
-                conn.execute(update(b).where(b.c.name == name).values(asdict(breaker)))
-            return breaker.state
-
-        return self._write(work)
-
     # -- inspection and lifecycle ------------------------------------------------------
     def get_key(self, key: str) -> KeyState | None:
         k = self.schema.keys
@@ -475,13 +399,10 @@ class SQLStore(Store):
         t = self.schema.tasks
         query = select(t).where(t.c.task_id == task_id)
         row = self._read(lambda conn: conn.execute(query).mappings().first())
-        return None if row is None else _record(row)
-
-    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
-        t = self.schema.tasks
-        query = select(t).where(t.c.dead_at.is_not(None)).order_by(t.c.dead_at.desc()).limit(limit)
-        rows = self._read(lambda conn: conn.execute(query).mappings().all())
-        return [_record(row) for row in rows]
+        if row is not None:
+            return _record(row)
+        letter = self.get_dead_letter(task_id)
+        return None if letter is None else letter.record
 
     def pending_count(self) -> int:
         t = self.schema.tasks
@@ -507,12 +428,6 @@ class SQLStore(Store):
             return conn.execute(delete(k).where(k.c.key.in_(keys), expired)).rowcount
 
         return self._write(work)
-
-    def ping(self) -> None:
-        """Connect and check the schema version (a StoreError naming the migrate command)."""
-        with self._guard(), self._reader.begin() as conn:
-            migrations.require_current(conn, self.schema, f"SQL store {self.safe_url}")
-        self._schema_checked = True
 
     def migrate(self) -> None:
         """Create or upgrade the schema: idempotent; concurrent runs wait for each other."""
@@ -550,23 +465,8 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    read_only = conn.get_execution_options().get(_READ_ONLY, False)
+    read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
     conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-
-def _code(exc: sa_exc.DBAPIError) -> Any:
-    """PyMySQL's errno (its SQLSTATEs are too coarse), else the driver's SQLSTATE."""
-    args = getattr(exc.orig, "args", ())
-    if args and isinstance(args[0], int):
-        return args[0]
-    return getattr(exc.orig, "sqlstate", None)
-
-
-def _reason(exc: Exception) -> str:
-    """The driver's first message line: SQL text and parameters stay out of the log."""
-    detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
-    lines = str(detail).strip().splitlines()
-    return lines[0] if lines else type(detail).__name__
 
 
 def _live_state(row: RowMapping | None, now: float) -> KeyState | None:
@@ -583,3 +483,5 @@ def _owned(state: KeyState | None, owner: str) -> bool:
 
 def _record(row: RowMapping) -> TaskRecord:
     return TaskRecord(**{f.name: row[f.name] for f in fields(TaskRecord)})
+
+

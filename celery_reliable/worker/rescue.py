@@ -17,6 +17,10 @@ never a scan) and, for each:
 * a record that cannot be decoded is dead-lettered with reason
   ``undecodable``, never republished in a loop.
 
+Dead letters go through :mod:`celery_reliable.dlq.routing` (DLQ queue, then
+index); republishes and dead letters send ``task-rescued``, ``task-expired`` and
+``task-dead_lettered`` events when task events are on.
+
 The republished copy keeps the task id and the idempotency key: if the broker
 still delivers the original later, the claim absorbs it.
 """
@@ -31,9 +35,12 @@ import time
 from typing import TYPE_CHECKING
 
 from celery_reliable import records
+from celery_reliable.dlq import routing
+from celery_reliable.dlq.events import send_task_event
+from celery_reliable.dlq.publisher import DeadLetterPublishError
 from celery_reliable.errors import StoreError
 from celery_reliable.states import State, prune_expired, recorder
-from celery_reliable.stores.base import SweepPolicy, TaskRecord
+from celery_reliable.stores.base import Failure, SweepPolicy, TaskRecord
 
 if TYPE_CHECKING:
     from celery_reliable.runtime import Runtime
@@ -136,6 +143,8 @@ class Rescuer:
             detail={"why": "worker_died" if record.state == "running" else "never_received",
                     "rescue": record.rescues + 1},
         )
+        send_task_event(self.runtime.app, "rescued", record.task_id, idempotency_key=record.key,
+                        why=why, rescue=record.rescues + 1)
         self.runtime.count("rescued")
         logger.warning(
             "rescued %s[%s] (key %r): %s; republished (rescue %d)",
@@ -143,11 +152,24 @@ class Rescuer:
         )
 
     def _dead(self, record: TaskRecord, reason: str, error: str) -> None:
-        self.runtime.store.dead_letter(record.task_id, record.key, reason, error)
-        rec = recorder(self.runtime.app)
+        """Dead-letter a record (DLQ queue + index). If the DLQ queue does not take it,
+        the record stays pending and the next sweep that takes it tries again."""
+        app = self.runtime.app
+        failure = Failure(attempts=record.rescues + 1,
+                          queue=routing.queue_of(app, record, None))
+        try:
+            queue = routing.dead_letter(app, record, record.key, reason, error, failure)
+        except DeadLetterPublishError as exc:
+            logger.error("could not dead-letter %s[%s] (%s): %s; trying again later",
+                         record.name, record.task_id, reason, exc)
+            return
+        rec = recorder(app)
         if reason == "expired":
             rec.transition(record.task_id, record.name, record.key, State.EXPIRED)
+            send_task_event(app, "expired", record.task_id, idempotency_key=record.key)
         rec.transition(record.task_id, record.name, record.key, State.DEAD_LETTERED,
                        detail={"reason": reason, "error": error})
+        send_task_event(app, "dead_lettered", record.task_id, idempotency_key=record.key,
+                        reason=reason, error=error, dlq_queue=queue)
         self.runtime.count(f"dead_lettered_{reason}")
         logger.error("dead-lettered %s[%s]: %s", record.name, record.task_id, error)

@@ -14,8 +14,12 @@ from typing import Any
 
 from celery.signals import task_revoked, worker_process_shutdown
 
-from celery_reliable.errors import StoreError
+from celery_reliable.dlq import routing
+from celery_reliable.dlq.events import send_task_event
+from celery_reliable.errors import ReliableError, StoreError
+from celery_reliable.records import encode
 from celery_reliable.states import State, flush_all, recorder
+from celery_reliable.stores.base import Failure, TaskRecord
 
 logger = logging.getLogger("celery_reliable")
 
@@ -37,8 +41,16 @@ def on_task_revoked(
         f"revoked{' and terminated' if terminated else ''} by an operator"
     )
     rt = sender.reliable
+    app = sender._get_app()
+    attempt = (request.retries or 0) + 1
     try:
-        rt.store.dead_letter(request.id, key, reason, detail)
+        record = _record_of(sender, request, key)
+        failure = Failure(attempts=attempt, worker=request.hostname,
+                          queue=routing.queue_of(app, record, request.delivery_info))
+        # Celery acknowledges a revoked message whatever we do: index it even when the
+        # DLQ queue does not take it (reconcile publishes it later).
+        queue = routing.dead_letter(app, record, key, reason, detail, failure,
+                                    delivery_info=request.delivery_info, require_publish=False)
     except StoreError as exc:
         rt.count("store_error")
         logger.error(
@@ -46,14 +58,34 @@ def on_task_revoked(
             sender.name, request.id, reason, exc,
         )
         return
-    rec = recorder(sender._get_app())
+    rec = recorder(app)
     rec.transition(request.id, sender.name, key, State.EXPIRED if expired else State.REVOKED,
-                   attempt=(request.retries or 0) + 1, worker=request.hostname)
+                   attempt=attempt, worker=request.hostname)
     rec.transition(request.id, sender.name, key, State.DEAD_LETTERED,
-                   attempt=(request.retries or 0) + 1, worker=request.hostname,
-                   detail={"reason": reason})
+                   attempt=attempt, worker=request.hostname, detail={"reason": reason})
+    if expired:
+        send_task_event(app, "expired", request.id, idempotency_key=key)
+    send_task_event(app, "dead_lettered", request.id, idempotency_key=key, reason=reason,
+                    error=detail, dlq_queue=queue)
     rt.count(f"dead_lettered_{reason}")
     logger.warning("%s[%s] dead-lettered (%s): %s", sender.name, request.id, reason, detail)
+
+
+def _record_of(task: Any, request: Any, key: str) -> TaskRecord:
+    """The task's persisted record, else one built from the request's arguments."""
+    stored: TaskRecord | None = task.reliable.store.get_record(request.id, key)
+    if stored is not None and stored.name:
+        return stored
+    headers = getattr(request, "headers", None) or {}
+    try:
+        record, _ = encode(
+            task._get_app(), name=task.name, task_id=request.id, key=key,
+            fingerprint=headers.get("reliable_fp", ""), args=getattr(request, "args", ()) or (),
+            kwargs=getattr(request, "kwargs", {}) or {}, options={"headers": headers},
+        )
+    except ReliableError:
+        return TaskRecord(request.id, task.name, key, "", "", "", "", "{}")
+    return record
 
 
 def connect() -> None:

@@ -1,4 +1,4 @@
-"""Worker bootstep: start-up checks, transport defaults and the rescuer.
+"""Worker bootsteps: start-up checks, transport defaults, the rescuer, poison messages.
 
 Installed on the app by ``ReliableTask.on_bound``: defining a reliable task is
 all it takes, nothing extra to deploy.
@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
+from celery_reliable.dlq.poison import PoisonStep
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.runtime import runtime
 from celery_reliable.states import signals as observe
@@ -74,5 +75,6 @@ def install(app: Celery) -> None:
     but records its plain tasks (``reliable_record_all_tasks``).
     """
     app.steps["worker"].add(ReliableWorkerStep)
+    app.steps["consumer"].add(PoisonStep)
     signals.connect()
     observe.connect()

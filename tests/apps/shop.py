@@ -69,6 +69,7 @@ def build(env: Mapping[str, str]) -> Celery:
         reliable_breaker_cool_down=float(env.get("TEST_BREAKER_COOL_DOWN", "30")),
         reliable_record_all_tasks=env.get("TEST_RECORD_ALL", "0") == "1",
         reliable_state_store_url=env.get("TEST_STATE_STORE_URL") or None,
+        reliable_dlq_queue=env.get("TEST_DLQ_QUEUE", "reliable.dlq"),
     )
     if env.get("TEST_VISIBILITY_TIMEOUT"):
         app.conf.broker_transport_options = {
@@ -136,6 +137,28 @@ def build(env: Mapping[str, str]) -> Celery:
         if counter.client.exists(f"{prefix}:smtp_down"):
             raise ConnectionError("smtp is down")
         return counter.incr("effect", order_id)
+
+    @app.task(name="shop.charge", shared=False, base=ReliableTask,
+              idempotency_key="charge:{order_id}", retry_on=(ConnectionError,), max_attempts=2)
+    def charge(order_id: int, note: str = "") -> int:
+        """Fails (ConnectionError: retried, then dead-lettered) until the test sets
+        '<prefix>:gateway_fixed'; then counts the effect."""
+        counter.incr("start", order_id)
+        if not counter.client.exists(f"{prefix}:gateway_fixed"):
+            raise ConnectionError(f"the gateway is down ({note or 'no note'})")
+        return counter.incr("effect", order_id)
+
+    # Only in the worker process (its real environment), never in the test's: the signal
+    # is process-wide.
+    if os.environ.get("TEST_KILL_AFTER_DLQ") == "1" and env is os.environ:
+        from celery_reliable.dlq.signals import task_dead_lettered
+
+        @task_dead_lettered.connect(weak=False)
+        def die_once(sender: str, task_id: str, **kwargs: Any) -> None:
+            """Dies right after the dead letter is published and indexed, before the ack
+            (the first time per task only: the redelivered copy must get through)."""
+            if kwargs.get("app") is app and counter.incr("killed", task_id) == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     @app.task(name="shop.third_party_add", shared=False)
     def third_party_add(x: int, y: int) -> int:

@@ -97,3 +97,41 @@ def test_results_round_trip_or_are_not_kept() -> None:
     assert keys.encode_result("x" * 200, 100) is None
     assert keys.encode_result(object(), 100) is None
     assert keys.decode_result(None) is None
+
+
+def _plain(a: int, b: str = "x", c: object = None) -> None: ...
+
+
+def _rich(a: int, /, b: str = "x", *rest: int, c: int = 1, **more: int) -> None: ...
+
+
+@pytest.mark.parametrize("fun", [_plain, _rich])
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((1,), {}), ((1, "y"), {}), ((1,), {"b": "y"}), ((), {"a": 1}), ((1, "y", 3), {}),
+     ((1,), {"c": 2}), ((), {"b": "y", "a": 1})],
+)
+def test_binding_without_inspect_agrees_with_inspect(
+    fun: object, args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    import inspect
+
+    try:
+        bound = inspect.signature(fun).bind(*args, **kwargs)  # type: ignore[arg-type]
+    except TypeError:
+        with pytest.raises(IdempotencyKeyError):
+            keys.bind_arguments(fun, args, kwargs)  # type: ignore[arg-type]
+        return
+    bound.apply_defaults()
+    expected = dict(bound.arguments)
+    expected.update(expected.pop("more", {}))
+    assert keys.bind_arguments(fun, args, kwargs) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [((1, "y", 3, 4), {}), ((1,), {"a": 2}),
+                                              ((), {"b": "y"}), ((1,), {"d": 1})])
+def test_a_call_that_does_not_fit_is_refused_by_name(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    with pytest.raises(IdempotencyKeyError, match="the task takes"):
+        keys.bind_arguments(_plain, args, kwargs)

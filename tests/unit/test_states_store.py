@@ -243,8 +243,8 @@ def test_redis_records_a_batch_over_shards_in_one_round_trip_with_hash_tags(
 
     from celery_reliable.stores.redis import RedisStore
 
-    store = RedisStore("redis://fake", prefix=prefix, shards=3)
-    store.client = fakeredis.FakeRedis(decode_responses=True)
+    store = RedisStore("redis://fake", prefix=prefix, shards=3,
+                       client=fakeredis.FakeRedis(decode_responses=True))
     states = RedisStateStore(store, retention=3600)
     now = time.time()
     states.record(path(tid(), [S.PENDING], now - 10))  # loads the script (NOSCRIPT once)
@@ -312,8 +312,8 @@ def test_redis_forgets_tasks_by_itself_and_prune_clears_what_they_left_in_indexe
 
     from celery_reliable.stores.redis import RedisStore
 
-    store = RedisStore("redis://fake", prefix=prefix)
-    store.client = fakeredis.FakeRedis(decode_responses=True)
+    store = RedisStore("redis://fake", prefix=prefix,
+                       client=fakeredis.FakeRedis(decode_responses=True))
     states = RedisStateStore(store, retention=600)
     task, now = tid(), time.time()
     states.record(path(task, [S.PENDING, S.RECEIVED, S.STARTED], now - 100))

@@ -11,11 +11,14 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
 from celery_reliable.stores import (
     ClaimStatus,
+    DeadLetterQuery,
+    Failure,
     Lease,
     PublishStatus,
     Store,
@@ -62,6 +65,19 @@ def test_claim_busy_complete_done(any_store: Store) -> None:
     assert done.result == '{"sent": true}'
     state = any_store.get_key("k1")
     assert state is not None and state.state == "done"
+
+
+def test_complete_soon_answers_as_complete_does_and_is_settled_after_drain(
+    any_store: Store,
+) -> None:
+    answers: list[tuple[object, object]] = []
+    assert any_store.claim("k1", FP, "t1", "owner-a", 30, max_lost=3).runs
+    any_store.complete_soon("k1", FP, "owner-b", "t1", None, 60, lambda *a: answers.append(a))
+    any_store.complete_soon("k1", FP, "owner-a", "t1", "7", 60, lambda *a: answers.append(a))
+    any_store.drain()
+    assert answers == [(False, None), (True, None)]  # fenced, then done
+    done = any_store.claim("k1", FP, "t2", "owner-c", 30, max_lost=3)
+    assert done.status is ClaimStatus.DONE and done.result == "7"
 
 
 def test_done_without_kept_result(any_store: Store) -> None:
@@ -143,6 +159,31 @@ def test_publish_dedupe_and_record_lifecycle(any_store: Store) -> None:
     assert any_store.pending_count() == 0
     done = any_store.publish(record("order:1"), 60, dedupe=True)
     assert done.status is PublishStatus.DONE and done.task_id == first.task_id
+
+
+def test_publish_many_answers_each_as_publish_would(any_store: Store) -> None:
+    any_store.claim("done", FP, "t-done", "a", 30, max_lost=3)
+    any_store.complete("done", FP, "a", "t-done", None, retention=60)
+    fresh, again = record("new"), record("done")
+    outcomes = any_store.publish_many([(fresh, 60), (again, 60)], dedupe=True)
+    assert [o.status for o in outcomes] == [PublishStatus.NEW, PublishStatus.DONE]
+    assert outcomes[1].task_id == "t-done"
+    assert any_store.get_record(fresh.task_id, "new") is not None
+    assert any_store.get_record(again.task_id, "done") is None
+    assert any_store.publish_many([], dedupe=False) == []
+    # a later record of a key sees what an earlier one of the batch decided
+    first, second = record("same"), record("same")
+    outcomes = any_store.publish_many([(first, 60), (second, 60)], dedupe=True)
+    assert [(o.status, o.task_id) for o in outcomes] == [
+        (PublishStatus.NEW, first.task_id), (PublishStatus.IN_FLIGHT, first.task_id)]
+    # a record written again (a retry re-persists) and a key whose retention ran out
+    any_store.claim("gone", FP, "t-gone", "a", 30, max_lost=3)
+    any_store.complete("gone", FP, "a", "t-gone", None, retention=SHORT)
+    wait_until(lambda: any_store.get_key("gone") is None)
+    again = any_store.publish_many([(fresh, 60), (record("gone"), 60)], dedupe=False)
+    assert [o.status for o in again] == [PublishStatus.NEW, PublishStatus.NEW]
+    assert any_store.get_key("gone").state == "queued"  # type: ignore[union-attr]
+    assert any_store.pending_count() == 3  # fresh (once), first, and the one of "gone"
 
 
 def test_publish_without_dedupe_never_downgrades_done(any_store: Store) -> None:
@@ -257,6 +298,25 @@ def test_dead_letter_forgets_a_key_still_in_flight(any_store: Store) -> None:
     assert any_store.get_key("k2").state == "done"  # type: ignore[union-attr]
 
 
+def test_a_dead_lettered_task_runs_again_only_after_a_replay(any_store: Store) -> None:
+    rec = record("k")
+    any_store.publish(rec, 60, dedupe=True)
+    assert any_store.claim("k", FP, rec.task_id, "a", 30, max_lost=3).runs
+    assert any_store.release("k", "a", rec.task_id, requeued=False)
+    any_store.dead_letter(rec.task_id, "k", "attempts_exhausted", "ValueError: no")
+    # a stale copy of that task (a redelivery, an earlier rescue) is absorbed
+    stale = any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3)
+    assert stale.status is ClaimStatus.DEAD_LETTERED and not stale.runs
+    assert any_store.get_key("k") is None
+    # another task of the key is a new decision
+    other = any_store.claim("k", FP, "t-other", "c", 30, max_lost=3)
+    assert other.runs
+    assert any_store.release("k", "c", "t-other", requeued=False)
+    # a replay runs it (and only one replay until it fails again)
+    assert any_store.claim_replays([rec.task_id], force=False) == [rec.task_id]
+    assert any_store.claim("k", FP, rec.task_id, "d", 30, max_lost=3).runs
+
+
 def test_discard_drops_record(any_store: Store) -> None:
     rec = record("k")
     any_store.publish(rec, 60, dedupe=False)
@@ -323,3 +383,110 @@ def test_done_keys_keep_any_task_id(any_store: Store, task_id: str) -> None:
     assert any_store.complete("k", FP, "a", task_id, '{"x": 1}', retention=60)
     done = any_store.claim("k", FP, "copy", "b", 30, max_lost=3)
     assert (done.status, done.task_id, done.result) == (ClaimStatus.DONE, task_id, '{"x": 1}')
+
+
+# -- the dead-letter index -----------------------------------------------------------
+def _letter(store: Store, i: int, *, name: str = "shop.a", reason: str = "failed",
+            exc: str = "ValueError", queue: str = "celery", error: str = "boom") -> str:
+    task_id = f"t{i:04d}"
+    store.dead_letter(
+        task_id, f"k{i}", reason, f"{exc}: {error} {i}",
+        fallback=replace(record(f"k{i}", task_id), name=name),
+        failure=Failure(exc_type=exc, traceback="Traceback...", attempts=3, worker="w1",
+                        queue=queue),
+    )
+    return task_id
+
+
+def test_dead_letter_index_entry_and_redead(any_store: Store) -> None:
+    rec = record("k")
+    any_store.publish(rec, 60, dedupe=True)
+    any_store.dead_letter(rec.task_id, "k", "failed", "ValueError: no",
+                          failure=Failure("ValueError", "tb", 5, "w1", "celery"))
+    letter = any_store.get_dead_letter(rec.task_id)
+    assert letter is not None
+    assert letter.record.body == rec.body and letter.record.name == rec.name
+    assert letter.failure == Failure("ValueError", "tb", 5, "w1", "celery")
+    assert letter.dead_at > 0 and not letter.replayed and letter.replays == 0
+    # a second dead letter of the same task (a crash before the ack): still one entry
+    assert any_store.claim_replays([rec.task_id], force=False) == [rec.task_id]
+    time.sleep(0.01)
+    any_store.dead_letter(rec.task_id, "k", "failed", "ValueError: again",
+                          failure=Failure("ValueError", "tb2", 1, "w2", "celery"))
+    page = any_store.list_dead_letters(DeadLetterQuery())
+    assert [e.task_id for e in page.entries] == [rec.task_id]
+    again = page.entries[0]
+    assert again.record.error == "ValueError: again" and again.replays == 1
+    assert not again.replayed  # failed again after its replay: unresolved
+    assert any_store.get_dead_letter("missing") is None
+
+
+def test_dead_letter_filters_and_paging(any_store: Store) -> None:
+    ids = []
+    for i in range(30):
+        ids.append(_letter(
+            any_store, i, name="shop.a" if i % 2 else "shop.b",
+            reason="failed" if i % 3 else "expired", exc="ValueError" if i % 5 else "KeyError",
+            queue="q1" if i < 10 else "q2", error="card declined" if i % 7 == 0 else "boom",
+        ))
+        time.sleep(0.002)  # distinct dead_at (Redis keeps milliseconds)
+    everything = any_store.list_dead_letters(DeadLetterQuery(), limit=100)
+    assert [e.task_id for e in everything.entries] == ids[::-1] and everything.cursor is None
+    # paging: 7 at a time, no entry twice, none missed
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = any_store.list_dead_letters(DeadLetterQuery(), limit=7, cursor=cursor)
+        seen += [e.task_id for e in page.entries]
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    queries = [
+        DeadLetterQuery(name="shop.a"), DeadLetterQuery(reason="expired"),
+        DeadLetterQuery(exc_type="KeyError"), DeadLetterQuery(queue="q1"),
+        DeadLetterQuery(text="CARD"), DeadLetterQuery(name="shop.b", reason="failed", queue="q2"),
+        DeadLetterQuery(since=everything.entries[20].dead_at,
+                        until=everything.entries[5].dead_at),
+    ]
+    for query in queries:
+        expected = [e.task_id for e in everything.entries if query.matches(e)]
+        assert expected, query
+        got = [e.task_id for e in any_store.list_dead_letters(query, limit=100).entries]
+        assert got == expected, query
+        first = any_store.list_dead_letters(query, limit=2)
+        assert [e.task_id for e in first.entries] == expected[:2]
+        rest = any_store.list_dead_letters(query, limit=100, cursor=first.cursor)
+        assert [e.task_id for e in rest.entries] == expected[2:], query
+
+
+def test_replay_marks_once_unless_forced(any_store: Store) -> None:
+    a, b = _letter(any_store, 1), _letter(any_store, 2)
+    assert sorted(any_store.claim_replays([a, b, "missing"], force=False)) == [a, b]
+    assert any_store.claim_replays([a, b], force=False) == []
+    assert any_store.claim_replays([a], force=True) == [a]
+    letter = any_store.get_dead_letter(a)
+    assert letter is not None and letter.replays == 2 and letter.replayed
+    any_store.undo_replay(b)
+    undone = any_store.get_dead_letter(b)
+    assert undone is not None and not undone.replayed and undone.replays == 0
+    replayed = any_store.list_dead_letters(DeadLetterQuery(replayed=True)).entries
+    assert [e.task_id for e in replayed] == [a]
+    unresolved = any_store.list_dead_letters(DeadLetterQuery(replayed=False)).entries
+    assert [e.task_id for e in unresolved] == [b]
+
+
+def test_delete_dead_letters(any_store: Store) -> None:
+    ids = [_letter(any_store, i, name=f"shop.{i % 2}") for i in range(5)]
+    assert any_store.delete_dead_letters([ids[0], ids[3], "missing"]) == 2
+    left = any_store.list_dead_letters(DeadLetterQuery()).entries
+    assert {e.task_id for e in left} == {ids[1], ids[2], ids[4]}
+    assert [e.task_id for e in any_store.list_dead_letters(DeadLetterQuery(name="shop.1")).entries
+            ] == [ids[1]]
+    assert any_store.get_dead_letter(ids[0]) is None
+    assert any_store.get_record(ids[0], "k0") is None
+
+
+def test_bad_cursor_is_a_value_error(any_store: Store) -> None:
+    with pytest.raises(ValueError):
+        any_store.list_dead_letters(DeadLetterQuery(), cursor="nonsense")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,14 +21,6 @@ from celery_reliable import (
 from celery_reliable.records import decode
 from celery_reliable.runtime import reset, runtime
 from celery_reliable.stores.memory import MemoryStore
-
-
-@pytest.fixture
-def app() -> Iterator[Celery]:
-    app = Celery(f"unit{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
-    app.conf.reliable_store_url = "memory://"
-    yield app
-    reset(app)
 
 
 def test_eager_runs_once_per_key_and_skips_with_the_first_result(app: Celery) -> None:
@@ -89,6 +80,27 @@ def test_permanent_failure_releases_the_key_and_records_a_dead_letter(app: Celer
     assert letter.reason == "permanent_error" and "mailer said no" in (letter.error or "")
     assert flaky.apply((1,)).get() == "ok"
     assert attempts == [1, 1]
+
+
+def test_a_stale_copy_of_a_dead_letter_is_absorbed_until_a_replay(app: Celery) -> None:
+    runs = []
+
+    @app.task(base=ReliableTask, idempotency_key="pay:{n}", shared=False)
+    def pay(n: int) -> str:
+        runs.append(n)
+        if len(runs) == 1:
+            raise PermanentError("card declined")
+        return "paid"
+
+    task_id = str(uuid.uuid4())
+    with pytest.raises(PermanentError):
+        pay.apply((1,), task_id=task_id, throw=True)
+    stale = pay.apply((1,), task_id=task_id)  # a redelivered copy of the same message
+    assert stale.state == "IGNORED" and runs == [1]
+    assert runtime(app).counters["dead_letter_copy_absorbed"] == 1
+    assert runtime(app).store.claim_replays([task_id], force=False) == [task_id]
+    assert pay.apply((1,), task_id=task_id).get() == "paid"
+    assert runs == [1, 1]
 
 
 def test_transient_failures_are_retried_then_succeed_once(app: Celery) -> None:

@@ -24,15 +24,12 @@ from sqlalchemy import (
     Connection,
     Insert,
     RowMapping,
-    bindparam,
     delete,
     func,
     insert,
     select,
     union_all,
-    update,
 )
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from celery_reliable.states.machine import State
@@ -52,7 +49,7 @@ from celery_reliable.states.stores.base import (
     stuck_states,
 )
 from celery_reliable.stores.base import Store
-from celery_reliable.stores.sql import SQLStore, _Retry
+from celery_reliable.stores.sql import SQLStore
 
 #: Minutes of counts one ``prune()`` call deletes at most: a short transaction.
 PRUNE_COUNT_MINUTES = 60
@@ -136,32 +133,10 @@ class SQLStateStore(SharedStoreStateStore):
     ) -> None:
         s = self.states
         fresh = [_state_row(c) for task_id, c in sorted(current.items()) if task_id not in stored]
-        moved = [_state_row(c, "b_") for task_id, c in current.items()
+        moved = [_state_row(c) for task_id, c in current.items()
                  if task_id in stored and stored[task_id] != c]
-        if fresh:
-            self._insert_new(conn, fresh)
-        if moved:
-            names = [c.name for c in s.columns if c.name != "task_id"]
-            conn.execute(
-                update(s).where(s.c.task_id == bindparam("b_task_id"))
-                .values({n: bindparam(f"b_{n}") for n in names}),
-                moved,
-            )
-
-    def _insert_new(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """INSERT current rows that did not exist; when another transaction created one
-        meanwhile, start over so that this time it is read under its lock."""
-        s = self.states
-        if self.store.dialect == "mysql":
-            try:
-                conn.execute(insert(s).values(rows))
-            except sa_exc.IntegrityError as exc:  # only the primary key can collide
-                raise _Retry from exc
-            return
-        dialect_insert = postgresql.insert if self.store.dialect == "postgresql" else sqlite.insert
-        stmt = dialect_insert(s).values(rows).on_conflict_do_nothing()
-        if conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount != len(rows):
-            raise _Retry
+        self.store.insert_new(conn, s, fresh)
+        self.store.update_many(conn, s, "task_id", moved)
 
     def _count(self, conn: Connection, accepted: Sequence[Transition]) -> None:
         """Add the batch to the per-minute counts, rows in key order (no deadlocks)."""
@@ -261,10 +236,9 @@ def _history_row(t: Transition) -> dict[str, Any]:
     }
 
 
-def _state_row(c: TaskState, prefix: str = "") -> dict[str, Any]:
-    values = {"task_id": c.task_id, "name": c.name, "key": c.key, "state": c.state.value,
-              "since": c.since, "attempt": c.attempt, "worker": c.worker}
-    return {prefix + k: v for k, v in values.items()}
+def _state_row(c: TaskState) -> dict[str, Any]:
+    return {"task_id": c.task_id, "name": c.name, "key": c.key, "state": c.state.value,
+            "since": c.since, "attempt": c.attempt, "worker": c.worker}
 
 
 def _task_state(row: RowMapping) -> TaskState:

@@ -1,9 +1,17 @@
--- KEYS: state, record, due (the record is only deleted here, when a copy is absorbed)
+-- KEYS: state, record, due (the record is only deleted here, when a copy is absorbed),
+--       this task's dead letter
 -- ARGV: fingerprint, task_id, owner, lease_ms, max_lost, stale_ttl_ms
 local now = now_ms()
 local cur = get_state(KEYS[1])
 local lost = 0
 local status = 'claimed'
+if not cur then
+  -- dead-lettering forgot the key: a copy of that task runs only after a replay
+  local dead = redis.call('HMGET', KEYS[4], 'dead', 'repat')
+  if dead[1] and not (dead[2] and dead[2] ~= '' and tonumber(dead[2]) >= tonumber(dead[1])) then
+    return {'dead_lettered', ARGV[2], '', 0, 0}
+  end
+end
 if cur then
   if not same_args(cur, ARGV[1]) then return {'conflict', cur[3], '', 0, 0} end
   if cur[1] == 'D' then

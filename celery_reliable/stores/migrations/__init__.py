@@ -17,8 +17,12 @@ Tables, for prefix ``p``:
     one row per idempotency key (its state, lease, result); ``expires_at`` is set
     only for done keys, and an expired row counts as absent.
 ``p_tasks``
-    one row per task record; ``deadline`` (NULL once dead-lettered) is indexed
-    for the rescue sweep, ``dead_at`` for listing dead letters.
+    one row per task record; ``deadline`` is indexed for the rescue sweep.
+    (Before step 4 dead letters stayed here with ``deadline`` NULL.)
+``p_dead_letters``
+    the dead-letter index (step 4): one row per dead-lettered task id, the
+    record, the failure and its replays; indexed on ``dead_at`` and on each
+    filter column with ``dead_at`` (list a page without a scan).
 ``p_sweeper``
     a single row: the one-sweeper-at-a-time lease (seeded here, so taking it is
     one conditional UPDATE).
@@ -60,9 +64,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     func,
     insert,
     inspect,
+    literal,
     select,
 )
 from sqlalchemy.dialects import mysql
@@ -121,6 +127,7 @@ class Schema:
     states: Table
     transitions: Table
     state_counts: Table
+    dead_letters: Table
 
 
 def _table(metadata: MetaData, name: str, *items: SchemaItem) -> Table:
@@ -148,15 +155,7 @@ def schema(prefix: str) -> Schema:
     )
     tasks = _table(
         md, f"{prefix}_tasks",
-        Column("task_id", ExactString(255), primary_key=True),
-        Column("name", String(255), nullable=False),
-        Column("key", String(512), nullable=False),
-        Column("fingerprint", String(64), nullable=False),
-        Column("body", _LONG_TEXT, nullable=False),
-        Column("content_type", String(255), nullable=False),
-        Column("content_encoding", String(255), nullable=False),
-        Column("options", _LONG_TEXT, nullable=False),
-        Column("published_at", Double(), nullable=False),
+        *_call_columns(),
         Column("state", String(8), nullable=False),
         Column("rescues", Integer, nullable=False),
         Column("deadline", Double()),
@@ -198,6 +197,47 @@ def schema(prefix: str) -> Schema:
     return Schema(
         prefix, md, keys, tasks, sweeper, budget, breakers, versions,
         states=states, transitions=transitions, state_counts=state_counts,
+        dead_letters=_dead_letter_table(md, prefix),
+    )
+
+
+def _call_columns() -> list[Column[Any]]:
+    """What it takes to publish a task again: the columns its record and its dead
+    letter share (new objects each time: a column belongs to one table)."""
+    return [
+        Column("task_id", ExactString(255), primary_key=True),
+        Column("name", String(255), nullable=False),
+        Column("key", String(512), nullable=False),
+        Column("fingerprint", String(64), nullable=False),
+        Column("body", _LONG_TEXT, nullable=False),
+        Column("content_type", String(255), nullable=False),
+        Column("content_encoding", String(255), nullable=False),
+        Column("options", _LONG_TEXT, nullable=False),
+        Column("published_at", Double(), nullable=False),
+    ]
+
+
+def _dead_letter_table(md: MetaData, prefix: str) -> Table:
+    """The dead-letter index (step 4): the record's columns, the failure, the replays."""
+    return _table(
+        md, f"{prefix}_dead_letters",
+        *_call_columns(),
+        Column("rescues", Integer, nullable=False),
+        Column("reason", String(255), nullable=False),
+        Column("error", _LONG_TEXT),
+        Column("dead_at", Double(), nullable=False),
+        Column("exc_type", String(255)),
+        Column("traceback", _LONG_TEXT),
+        Column("attempts", Integer, nullable=False),
+        Column("worker", String(255)),
+        Column("queue", String(255)),
+        Column("replays", Integer, nullable=False),
+        Column("replayed_at", Double()),
+        Index(f"{prefix}_dl_dead_at", "dead_at", "task_id"),
+        Index(f"{prefix}_dl_name", "name", "dead_at"),
+        Index(f"{prefix}_dl_reason", "reason", "dead_at"),
+        Index(f"{prefix}_dl_exc_type", "exc_type", "dead_at"),
+        Index(f"{prefix}_dl_queue", "queue", "dead_at"),
     )
 
 
@@ -267,10 +307,27 @@ def _v3(conn: Connection, tables: Schema) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v4(conn: Connection, tables: Schema) -> None:
+    """The dead-letter index; dead letters kept in the tasks table move there."""
+    dl, t = tables.dead_letters, tables.tasks
+    dl.create(conn, checkfirst=True)
+    old = select(
+        t.c.task_id, t.c.name, t.c.key, t.c.fingerprint, t.c.body, t.c.content_type,
+        t.c.content_encoding, t.c.options, t.c.published_at, t.c.rescues,
+        func.coalesce(t.c.reason, ""), t.c.error, t.c.dead_at, literal(0), literal(0),
+    ).where(t.c.dead_at.is_not(None), t.c.deadline.is_(None))
+    columns = ["task_id", "name", "key", "fingerprint", "body", "content_type",
+               "content_encoding", "options", "published_at", "rescues", "reason", "error",
+               "dead_at", "attempts", "replays"]
+    conn.execute(insert(dl).from_select(columns, old))
+    conn.execute(delete(t).where(t.c.dead_at.is_not(None), t.c.deadline.is_(None)))
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "keys, tasks and sweeper tables", _v1),
     Step(2, "retry budget and circuit breaker tables", _v2),
     Step(3, "task states, transitions and state counts", _v3),
+    Step(4, "dead-letter index", _v4),
 )
 SCHEMA_VERSION = STEPS[-1].version
 

@@ -18,52 +18,117 @@ local function state_of(entries)
   return cjson.decode(entries[1])[2]
 end
 
-for i, row in ipairs(cjson.decode(ARGV[2])) do
-  local id, task, name, key, state, attempt, worker, at, minute, etype, emsg, detail =
-    unpack(row)
-  local cur_key, hist_key = base .. 'c:' .. task, base .. 'h:' .. task
-  local member = cjson.encode({id, state, attempt, worker, etype, emsg, detail, name, key})
-  if redis.call('ZSCORE', hist_key, member) then
-    duplicates = duplicates + 1
-  else
-    local cur = redis.call('HMGET', cur_key, 'state', 'since')
-    local previous = cur[1] or ''
-    local late = previous ~= '' and tonumber(at) < tonumber(cur[2])
-    local ok, before, after
-    if late then
-      -- written elsewhere before the current state, flushed after: fit it in by time
-      before = state_of(redis.call('ZREVRANGEBYSCORE', hist_key, '(' .. at, '-inf', 'LIMIT', 0, 1))
-      after = state_of(redis.call('ZRANGEBYSCORE', hist_key, '(' .. at, '+inf', 'LIMIT', 0, 1))
-      ok = legal(before, state) and (after == '' or legal(state, after))
-    else
-      before, after = previous, ''
-      ok = legal(previous, state)
-    end
-    if ok then
-      written = written + 1
-      redis.call('ZADD', hist_key, at, member)
-      redis.call('PEXPIRE', hist_key, ttl)
-      if not late then
-        if previous ~= '' then redis.call('ZREM', base .. 'i:' .. previous, task) end
-        redis.call('ZADD', base .. 'i:' .. state, at, task)
-        redis.call('HSET', cur_key, 'state', state, 'since', at, 'name', name, 'key', key,
-                   'attempt', attempt, 'worker', worker)
-        local by_key = base .. 'k:' .. key
-        redis.call('ZADD', by_key, at, task)
-        -- tasks of the key that expired meanwhile (their own keys are gone)
-        local horizon = string.format('%.0f', tonumber(at) - tonumber(ttl) * 1000)
-        redis.call('ZREMRANGEBYSCORE', by_key, '-inf', '(' .. horizon)
-        redis.call('PEXPIRE', by_key, ttl)
-      end
-      redis.call('PEXPIRE', cur_key, ttl)
-      local counts = base .. 'n:' .. minute
-      redis.call('HINCRBY', counts, state .. '\t' .. name, 1)
-      redis.call('PEXPIRE', counts, ttl)
-    else
-      table.insert(rejected, i - 1)
-      table.insert(rejected, before)
-      table.insert(rejected, after)
-    end
+local rows = cjson.decode(ARGV[2])
+local expiring = {}  -- count keys given their TTL by this call already
+
+local function count(minute, state, name)
+  local counts = base .. 'n:' .. minute
+  redis.call('HINCRBY', counts, state .. '\t' .. name, 1)
+  if not expiring[counts] then
+    redis.call('PEXPIRE', counts, ttl)
+    expiring[counts] = true
   end
+end
+
+local function member(row)
+  local id, _, name, key, state, attempt, worker, _, _, etype, emsg, detail = unpack(row)
+  return cjson.encode({id, state, attempt, worker, etype, emsg, detail, name, key})
+end
+
+-- The task is now in `state` since `at` (not late): move it in the indexes.
+local function set_current(task, previous, state, at, name, key, attempt, worker)
+  local cur_key = base .. 'c:' .. task
+  if previous ~= '' then redis.call('ZREM', base .. 'i:' .. previous, task) end
+  redis.call('ZADD', base .. 'i:' .. state, at, task)
+  redis.call('HSET', cur_key, 'state', state, 'since', at, 'name', name, 'key', key,
+             'attempt', attempt, 'worker', worker)
+  redis.call('PEXPIRE', cur_key, ttl)
+  local by_key = base .. 'k:' .. key
+  redis.call('ZADD', by_key, at, task)
+  -- tasks of the key that expired meanwhile (their own keys are gone)
+  local horizon = string.format('%.0f', tonumber(at) - tonumber(ttl) * 1000)
+  redis.call('ZREMRANGEBYSCORE', by_key, '-inf', '(' .. horizon)
+  redis.call('PEXPIRE', by_key, ttl)
+end
+
+-- One transition at a time: duplicates skipped, late ones fitted in by time.
+local function one(i)
+  local row = rows[i]
+  local id, task, name, key, state, attempt, worker, at, minute = unpack(row)
+  local cur_key, hist_key = base .. 'c:' .. task, base .. 'h:' .. task
+  local m = member(row)
+  if redis.call('ZSCORE', hist_key, m) then
+    duplicates = duplicates + 1
+    return
+  end
+  local cur = redis.call('HMGET', cur_key, 'state', 'since')
+  local previous = cur[1] or ''
+  local late = previous ~= '' and tonumber(at) < tonumber(cur[2])
+  local ok, before, after
+  if late then
+    -- written elsewhere before the current state, flushed after: fit it in by time
+    before = state_of(redis.call('ZREVRANGEBYSCORE', hist_key, '(' .. at, '-inf', 'LIMIT', 0, 1))
+    after = state_of(redis.call('ZRANGEBYSCORE', hist_key, '(' .. at, '+inf', 'LIMIT', 0, 1))
+    ok = legal(before, state) and (after == '' or legal(state, after))
+  else
+    before, after = previous, ''
+    ok = legal(previous, state)
+  end
+  if not ok then
+    table.insert(rejected, i - 1)
+    table.insert(rejected, before)
+    table.insert(rejected, after)
+    return
+  end
+  written = written + 1
+  redis.call('ZADD', hist_key, at, m)
+  redis.call('PEXPIRE', hist_key, ttl)
+  if late then
+    redis.call('PEXPIRE', cur_key, ttl)
+  else
+    set_current(task, previous, state, at, name, key, attempt, worker)
+  end
+  count(minute, state, name)
+end
+
+-- Consecutive transitions of one task (a worker's received, started, succeeded
+-- usually flush together): written at once when none is a duplicate or late and
+-- each follows the one before legally; else one at a time.  False: not written.
+local function together(first, last)
+  local task, key = rows[first][2], rows[first][4]
+  local hist_key = base .. 'h:' .. task
+  local cur = redis.call('HMGET', base .. 'c:' .. task, 'state', 'since')
+  local previous = cur[1] or ''
+  if previous ~= '' and tonumber(rows[first][8]) < tonumber(cur[2]) then return false end
+  local members, scored, state = {}, {}, previous
+  for i = first, last do
+    local row = rows[i]
+    if row[4] ~= key or not legal(state, row[5]) then return false end
+    if i > first and tonumber(row[8]) < tonumber(rows[i - 1][8]) then return false end
+    state = row[5]
+    members[#members + 1] = member(row)
+    scored[#scored + 1] = row[8]
+    scored[#scored + 1] = members[#members]
+  end
+  for _, score in ipairs(redis.call('ZMSCORE', hist_key, unpack(members))) do
+    if score then return false end
+  end
+  redis.call('ZADD', hist_key, unpack(scored))
+  redis.call('PEXPIRE', hist_key, ttl)
+  local row = rows[last]
+  set_current(task, previous, row[5], row[8], row[3], row[4], row[6], row[7])
+  for i = first, last do count(rows[i][9], rows[i][5], rows[i][3]) end
+  written = written + (last - first + 1)
+  return true
+end
+
+local first = 1
+while first <= #rows do
+  local last = first
+  while last < #rows and rows[last + 1][2] == rows[first][2] do last = last + 1 end
+  if last == first or not together(first, last) then
+    for i = first, last do one(i) end
+  end
+  first = last + 1
 end
 return {written, duplicates, unpack(rejected)}

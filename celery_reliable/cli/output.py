@@ -1,0 +1,40 @@
+"""What the CLI sub-commands print (a plain table for people, JSON for scripts), and how
+they end on an error (exit code 2, the message on stderr)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from celery_reliable.errors import ReliableError
+
+T = TypeVar("T")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell; None prints as an empty cell."""
+    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def echo_json(value: Any) -> None:
+    """Indented JSON on stdout (values JSON has no type for, such as times, as text)."""
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def ask(question: Callable[[], T]) -> T:
+    """Run an API call; a store, broker or argument error ends the command with exit code 2."""
+    try:
+        return question()
+    except ReliableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # the broker is unreachable (kombu raises socket errors)
+        click.echo(f"error: the broker cannot be reached: {exc}", err=True)
+        sys.exit(2)
