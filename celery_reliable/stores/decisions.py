@@ -66,7 +66,9 @@ class ClaimDecision:
     write: KeyState | None = None
     """The key state to write, if any."""
     drop_copy: bool = False
-    """Delete the claiming copy's record: it was absorbed by a done key."""
+    """Delete the claiming copy's record: it was absorbed (a done key, a dead letter)."""
+    forget_key: bool = False
+    """Delete the key: a republished copy of a dead-lettered task left it queued."""
 
     @property
     def runs(self) -> bool:
@@ -74,16 +76,30 @@ class ClaimDecision:
         return self.claim.runs
 
 
+def may_be_dead_letter(current: KeyState | None, task_id: str) -> bool:
+    """Whether a claim must ask if ``task_id`` is an unreplayed dead letter.
+
+    Dead-lettering forgets the key of its task, so only a key without state, or
+    one queued for this very task (a stale copy republished itself, deferred by
+    the retry budget or a busy key, after the dead letter), can hide one.  Every
+    other state answers for itself; the stores skip the lookup then.
+    """
+    return current is None or (current.state == "queued" and current.task_id == task_id)
+
+
 def claim(
     current: KeyState | None, fingerprint: str, task_id: str, owner: str, lease: float,
     max_lost: int, now: float, dead_lettered: bool = False,
 ) -> ClaimDecision:
-    """``dead_lettered``: ``task_id`` is a dead letter not replayed since (only asked
-    when the key has no state: dead-lettering forgets the key of its task)."""
+    """``dead_lettered``: ``task_id`` is a dead letter not replayed since (asked only
+    when :func:`may_be_dead_letter`)."""
     lost = 0
     status = ClaimStatus.CLAIMED
-    if current is None and dead_lettered:
-        return ClaimDecision(Claim(ClaimStatus.DEAD_LETTERED, task_id))
+    if dead_lettered and may_be_dead_letter(current, task_id):
+        # A stale copy: absorbed, and what its republishing wrote is removed so the
+        # rescuer does not bring it back.
+        return ClaimDecision(Claim(ClaimStatus.DEAD_LETTERED, task_id), drop_copy=True,
+                             forget_key=current is not None)
     if current is not None:
         if current.fingerprint != fingerprint:
             return ClaimDecision(Claim(ClaimStatus.CONFLICT, current.task_id))

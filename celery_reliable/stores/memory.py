@@ -88,6 +88,8 @@ class MemoryStore(Store):
             )
             if decision.write is not None:
                 self._keys[key] = (decision.write, None)
+            if decision.forget_key:
+                del self._keys[key]
             if decision.drop_copy:
                 self._drop_record(task_id)
             record = self._records.get(task_id)
@@ -106,8 +108,8 @@ class MemoryStore(Store):
                     out.append(False)
                     continue
                 self._keys[item.key] = (replace(current, lease_until=now + lease), None)
-                if item.task_id in self._due:
-                    self._due[item.task_id] = now + lease
+                if item.task_id in self._due:  # only later: see lua/heartbeat.lua
+                    self._due[item.task_id] = max(self._due[item.task_id], now + lease)
                 out.append(True)
             return out
 

@@ -148,11 +148,18 @@ class SQLStore(SQLDeadLetters, SQLLimits):
         conn.execute(delete(t).where(t.c.task_id == task_id))
 
     def _move_deadline(
-        self, conn: Connection, task_ids: Sequence[str], deadline: float, **values: Any
+        self, conn: Connection, task_ids: Sequence[str], deadline: float, *,
+        later_only: bool = False, **values: Any
     ) -> None:
-        """Reschedule the records still in the rescue index (a dead letter has no deadline)."""
+        """Reschedule the records still in the rescue index (a dead letter has no deadline).
+
+        ``later_only``: never bring a deadline forward (a heartbeat must not pull a retry
+        the body republished, due after its countdown, back to the lease's end).
+        """
         t = self.schema.tasks
         pending = t.c.task_id.in_(task_ids) & t.c.deadline.is_not(None)
+        if later_only:
+            pending &= t.c.deadline < deadline
         conn.execute(update(t).where(pending).values(deadline=deadline, **values))
 
     def due_query(self, now: float, limit: int) -> Select[Any]:
@@ -245,10 +252,13 @@ class SQLStore(SQLDeadLetters, SQLLimits):
             now = locked.now
             decision = decisions.claim(
                 locked.state, fingerprint, task_id, owner, lease, max_lost, now,
-                dead_lettered=locked.state is None and self._unreplayed_dead(conn, task_id),
+                dead_lettered=decisions.may_be_dead_letter(locked.state, task_id)
+                and self._unreplayed_dead(conn, task_id),
             )
             if decision.write is not None:
                 self._write_key(conn, locked, key, decision.write)
+            if decision.forget_key:
+                conn.execute(delete(self.schema.keys).where(self.schema.keys.c.key == key))
             if decision.drop_copy:
                 self._drop_record(conn, task_id)
             if decision.runs:
@@ -279,7 +289,8 @@ class SQLStore(SQLDeadLetters, SQLLimits):
             if renewed:
                 keys = [i.key for i in renewed]
                 conn.execute(update(k).where(k.c.key.in_(keys)).values(lease_until=now + lease))
-                self._move_deadline(conn, [i.task_id for i in renewed], now + lease)
+                self._move_deadline(conn, [i.task_id for i in renewed], now + lease,
+                                    later_only=True)
             return [i in renewed for i in leases]
 
         return self._write(work)

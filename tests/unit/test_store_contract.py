@@ -115,6 +115,20 @@ def test_heartbeat_keeps_the_lease(any_store: Store) -> None:
         time.sleep(0.2)
 
 
+def test_a_heartbeat_never_pulls_a_republished_retry_forward(any_store: Store) -> None:
+    # The body failed and republished itself for a retry (due after its countdown);
+    # a heartbeat that lands before the release must not make it due at the lease's end.
+    policy = SweepPolicy(rescue_after=30, backoff_cap=30, limit=100)
+    rec = record("k")
+    any_store.publish(rec, 60, dedupe=True)
+    assert any_store.claim("k", FP, rec.task_id, "a", SHORT, max_lost=3).runs
+    any_store.publish(rec, 60, dedupe=False)
+    assert any_store.heartbeat([Lease("k", "a", rec.task_id)], SHORT) == [True]
+    assert any_store.release("k", "a", rec.task_id, requeued=True)
+    time.sleep(SHORT * 2)  # past the lease the heartbeat would have set
+    assert any_store.sweep(policy) == []
+
+
 def test_same_owner_reclaims(any_store: Store) -> None:
     assert any_store.claim("k", FP, "t1", "a", 30, max_lost=3).runs
     assert any_store.claim("k", FP, "t1", "a", 30, max_lost=3).runs
@@ -308,6 +322,13 @@ def test_a_dead_lettered_task_runs_again_only_after_a_replay(any_store: Store) -
     stale = any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3)
     assert stale.status is ClaimStatus.DEAD_LETTERED and not stale.runs
     assert any_store.get_key("k") is None
+    # so is one that republished itself first (deferred by the retry budget): the key
+    # and record its publish wrote go, or the rescuer would send it again
+    assert any_store.publish(rec, 60, dedupe=False).status is PublishStatus.NEW
+    deferred = any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3)
+    assert deferred.status is ClaimStatus.DEAD_LETTERED
+    assert any_store.get_key("k") is None and any_store.pending_count() == 0
+    assert any_store.get_dead_letter(rec.task_id) is not None
     # another task of the key is a new decision
     other = any_store.claim("k", FP, "t-other", "c", 30, max_lost=3)
     assert other.runs

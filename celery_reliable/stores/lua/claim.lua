@@ -5,10 +5,15 @@ local now = now_ms()
 local cur = get_state(KEYS[1])
 local lost = 0
 local status = 'claimed'
-if not cur then
-  -- dead-lettering forgot the key: a copy of that task runs only after a replay
+if (not cur) or (cur[1] == 'Q' and cur[3] == ARGV[2]) then
+  -- Dead-lettering forgot the key: a copy of that task runs only after a replay.
+  -- A stale copy that republished itself (deferred) left the key queued for it and
+  -- a record the rescuer would bring back: both go (decisions.may_be_dead_letter).
   local dead = redis.call('HMGET', KEYS[4], 'dead', 'repat')
   if dead[1] and not (dead[2] and dead[2] ~= '' and tonumber(dead[2]) >= tonumber(dead[1])) then
+    if cur then redis.call('DEL', KEYS[1]) end
+    redis.call('DEL', KEYS[2])
+    redis.call('ZREM', KEYS[3], ARGV[2])
     return {'dead_lettered', ARGV[2], '', 0, 0}
   end
 end

@@ -4,5 +4,8 @@ if (not cur) or cur[1] ~= 'R' or cur[4] ~= ARGV[1] then return 0 end
 local until_ms = now_ms() + tonumber(ARGV[3])
 cur[5] = until_ms
 redis.call('SET', KEYS[1], cjson.encode(cur), 'KEEPTTL')
-redis.call('ZADD', KEYS[2], 'XX', until_ms, ARGV[2])
+-- Only later: a retry republished by the body (due after its countdown) must not be
+-- pulled back to the lease's end, or the rescuer sends a second copy.
+local due = redis.call('ZSCORE', KEYS[2], ARGV[2])
+if due and tonumber(due) < until_ms then redis.call('ZADD', KEYS[2], until_ms, ARGV[2]) end
 return 1
