@@ -458,9 +458,16 @@ def _options(url: URL) -> dict[str, Any]:
     backend = url.get_backend_name()
     if backend == "sqlite":
         return {}
-    options: dict[str, Any] = {}
+    connect_args: dict[str, Any] = {}
+    options: dict[str, Any] = {"connect_args": connect_args}
     if "connect_timeout" not in url.query:
-        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT
+    if url.get_driver_name() == "psycopg" and "prepare_threshold" not in url.query:
+        # psycopg prepares a statement on its 5th run, and PostgreSQL may then keep a
+        # generic plan made while the table was small (a fresh schema, before autovacuum
+        # analyzes it): a batch's IN lookup went from 1 ms to a scan of the whole table,
+        # slower at every batch.  Our statements are short; planning each run is cheap.
+        connect_args["prepare_threshold"] = None
     if backend in ("mysql", "mariadb"):
         # No gap locks: a locking read of a missing key must not block others' inserts.
         options["isolation_level"] = "READ COMMITTED"

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import func, insert, inspect, make_url, select
 
 from celery_reliable.errors import ConfigurationError, StoreError, StoreUnavailable
 from celery_reliable.stores import ClaimStatus, SweepPolicy, open_store
 from celery_reliable.stores.migrations import SCHEMA_VERSION, STEPS
-from celery_reliable.stores.sql import SQLStore
+from celery_reliable.stores.sql import SQLStore, _options
 from tests.servers import MARIADB, POSTGRES
 from tests.unit.test_store_contract import FP, record, wait_until
 
@@ -250,6 +250,16 @@ def test_sweep_is_an_index_range_scan(migrated: SQLStore) -> None:
     assert not any(scan in plan for scan in ("Seq Scan", "SCAN ", "ALL ")), plan
     taken = migrated.sweep(SweepPolicy(rescue_after=60, backoff_cap=60, limit=500))
     assert len(taken) == 100
+
+
+def test_psycopg_plans_each_statement_afresh() -> None:
+    """A generic plan kept from while a table was small scanned it whole as it grew."""
+    url = "postgresql+psycopg://u@db/app"
+    assert _options(make_url(url))["connect_args"]["prepare_threshold"] is None
+    assert "prepare_threshold" not in _options(make_url(url + "?prepare_threshold=5"))[
+        "connect_args"]
+    assert "prepare_threshold" not in _options(make_url("postgresql+psycopg2://u@db/app"))[
+        "connect_args"]
 
 
 def test_relative_sqlite_path(
