@@ -121,19 +121,14 @@ class SQLBase(Store):
                 raise
             return
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        if self.engine.dialect.insert_executemany_returning:
-            # One cached statement, batched by SQLAlchemy into multi-row INSERTs; a row
-            # comes back for each row inserted.
-            pk = next(iter(table.primary_key.columns))
-            stmt = dialect_insert(table).on_conflict_do_nothing().returning(pk)
-            if len(conn.execute(stmt, list(rows)).all()) != len(rows):
-                raise _Retry
-            return
-        for values in rows:  # SQLite before 3.35 has no RETURNING
-            one = dialect_insert(table).values(values).on_conflict_do_nothing()
-            # SQLAlchemy keeps an INSERT's rowcount only when asked to.
-            if conn.execute(one.execution_options(preserve_rowcount=True)).rowcount == 0:
-                raise _Retry
+        # One short statement run as an executemany (psycopg pipelines it; its text is
+        # cached and prepared), not one multi-row INSERT with a placeholder per value,
+        # which costs milliseconds per hundred rows to build and parse.  SQLAlchemy
+        # keeps the rowcount (the rows inserted) only when asked to.
+        stmt = dialect_insert(table).on_conflict_do_nothing()
+        inserted = conn.execute(stmt.execution_options(preserve_rowcount=True), list(rows))
+        if inserted.rowcount != len(rows):
+            raise _Retry
 
     def ping(self) -> None:
         """Connect and check the schema version (a StoreError naming the migrate command)."""

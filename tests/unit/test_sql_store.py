@@ -11,6 +11,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,9 +19,10 @@ import pytest
 from sqlalchemy import func, insert, inspect, make_url, select
 
 from celery_reliable.errors import ConfigurationError, StoreError, StoreUnavailable
-from celery_reliable.stores import ClaimStatus, SweepPolicy, open_store
+from celery_reliable.stores import ClaimStatus, KeyState, SweepPolicy, open_store
 from celery_reliable.stores.migrations import SCHEMA_VERSION, STEPS
 from celery_reliable.stores.sql import SQLStore, _options
+from celery_reliable.stores.sql_base import _Retry
 from tests.servers import MARIADB, POSTGRES
 from tests.unit.test_store_contract import FP, record, wait_until
 
@@ -250,6 +252,21 @@ def test_sweep_is_an_index_range_scan(migrated: SQLStore) -> None:
     assert not any(scan in plan for scan in ("Seq Scan", "SCAN ", "ALL ")), plan
     taken = migrated.sweep(SweepPolicy(rescue_after=60, backoff_cap=60, limit=500))
     assert len(taken) == 100
+
+
+def test_insert_new_inserts_a_batch_or_starts_over(migrated: SQLStore) -> None:
+    keys = migrated.schema.keys
+    rows = [{"key": f"k{i}", **asdict(KeyState("queued", FP, f"t{i}")), "expires_at": None}
+            for i in range(3)]
+    with migrated.engine.begin() as conn:
+        migrated.insert_new(conn, keys, rows[:1])
+    # Another transaction inserted k0 since we read: ours must start over, not lose it.
+    with pytest.raises(_Retry), migrated.engine.begin() as conn:
+        migrated.insert_new(conn, keys, rows)
+    assert row_count(migrated, keys.name) == 1
+    with migrated.engine.begin() as conn:
+        migrated.insert_new(conn, keys, rows[1:])
+    assert row_count(migrated, keys.name) == 3
 
 
 def test_psycopg_plans_each_statement_afresh() -> None:
