@@ -195,7 +195,7 @@ class SQLStore(SQLDeadLetters, SQLLimits):
         k, t = self.schema.keys, self.schema.tasks
         names = sorted({record.key for record, _ in records})  # one lock order
         rows = conn.execute(
-            select(k).where(k.c.key.in_(names)).order_by(k.c.key).with_for_update()
+            select(k).where(self.among(k.c.key, names)).order_by(k.c.key).with_for_update()
         ).mappings().all()
         now = time.time()
         exists = {row["key"] for row in rows}
@@ -219,7 +219,7 @@ class SQLStore(SQLDeadLetters, SQLLimits):
         self.update_many(conn, k, "key", [r for r in key_rows if r["key"] in exists])
         self.insert_new(conn, k, [r for r in key_rows if r["key"] not in exists])
         known = set(conn.scalars(
-            select(t.c.task_id).where(t.c.task_id.in_(sorted(fresh))).with_for_update()
+            select(t.c.task_id).where(self.among(t.c.task_id, sorted(fresh))).with_for_update()
         ))
         self.update_many(conn, t, "task_id", [v for i, v in fresh.items() if i in known])
         self.insert_new(conn, t, [v for i, v in fresh.items() if i not in known])

@@ -13,9 +13,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    any_,
+    bindparam,
+    insert,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.schema import Column
 
 from celery_reliable.errors import StoreError, StoreUnavailable
 from celery_reliable.stores import migrations
@@ -91,6 +101,15 @@ class SQLBase(Store):
         so, not with 'no such table' in the middle of a claim.  Never creates anything."""
         if not self._schema_checked:
             self.ping()
+
+    def among(self, column: Column[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+        """``column IN values`` for a batch's lookup.  On PostgreSQL ``= ANY(array)``: one
+        parameter, so one short statement whatever the batch size, where an IN list has
+        a placeholder per value for SQLAlchemy to render and psycopg to parse each time."""
+        if self.dialect == "postgresql":
+            array = bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
+            return column == any_(array)
+        return column.in_(values)
 
     @staticmethod
     def update_many(

@@ -76,12 +76,12 @@ class SQLDeadLetters(SQLBase):
             marked: set[str] = set()
             for chunk in _chunks(wanted):
                 query = select(dl.c.task_id, dl.c.dead_at, dl.c.replayed_at).where(
-                    dl.c.task_id.in_(chunk)).order_by(dl.c.task_id).with_for_update()
+                    self.among(dl.c.task_id, chunk)).order_by(dl.c.task_id).with_for_update()
                 rows = conn.execute(query).all()
                 ids = [r.task_id for r in rows
                        if force or r.replayed_at is None or r.replayed_at < r.dead_at]
                 if ids:
-                    conn.execute(update(dl).where(dl.c.task_id.in_(ids)).values(
+                    conn.execute(update(dl).where(self.among(dl.c.task_id, ids)).values(
                         replays=dl.c.replays + 1, replayed_at=time.time()))
                 marked.update(ids)
             return [t for t in wanted if t in marked]

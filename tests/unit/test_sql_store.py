@@ -269,6 +269,17 @@ def test_insert_new_inserts_a_batch_or_starts_over(migrated: SQLStore) -> None:
     assert row_count(migrated, keys.name) == 3
 
 
+def test_among_selects_a_batch(migrated: SQLStore) -> None:
+    keys = migrated.schema.keys
+    rows = [{"key": f"k{i}", **asdict(KeyState("queued", FP, f"t{i}")), "expires_at": None}
+            for i in range(5)]
+    with migrated.engine.begin() as conn:
+        migrated.insert_new(conn, keys, rows)
+        found = conn.scalars(select(keys.c.key).where(
+            migrated.among(keys.c.key, ["k1", "k3", "K3", "nope"])))
+        assert set(found) == {"k1", "k3"}
+
+
 def test_psycopg_plans_each_statement_afresh() -> None:
     """A generic plan kept from while a table was small scanned it whole as it grew."""
     url = "postgresql+psycopg://u@db/app"

@@ -80,9 +80,10 @@ class SQLStateStore(SharedStoreStateStore):
 
     def _record(self, conn: Connection, transitions: Sequence[Transition]) -> RecordResult:
         s, h = self.states, self.history
-        known = set(conn.scalars(select(h.c.id).where(h.c.id.in_([t.id for t in transitions]))))
+        ids = [t.id for t in transitions]
+        known = set(conn.scalars(select(h.c.id).where(self.store.among(h.c.id, ids))))
         task_ids = sorted({t.task_id for t in transitions})
-        locked = select(s).where(s.c.task_id.in_(task_ids)).order_by(s.c.task_id)
+        locked = select(s).where(self.store.among(s.c.task_id, task_ids)).order_by(s.c.task_id)
         stored = {row["task_id"]: _task_state(row)
                   for row in conn.execute(locked.with_for_update()).mappings()}
         current = dict(stored)
