@@ -58,7 +58,14 @@ from celery_reliable.retry.policy import Classifier, RetryPolicy, Verdict
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.settings import Settings, per_task_names
 from celery_reliable.states import State, recorder
-from celery_reliable.stores.base import BreakerCheck, Claim, ClaimStatus, Lease, PublishStatus
+from celery_reliable.stores.base import (
+    Answer,
+    BreakerCheck,
+    Claim,
+    ClaimStatus,
+    Lease,
+    PublishStatus,
+)
 
 logger = logging.getLogger("celery_reliable")
 
@@ -79,6 +86,38 @@ class TaskLostTooOften(ReliableError):
 
 class RetryBudgetExhausted(ReliableError):
     """A retry was refused by the budget and dead-lettered (reliable_on_retry_budget_exhausted)."""
+
+
+class _AlreadyPublished(Exception):
+    """Stops Celery's publish from inside the producer: an existing task stands for the
+    call (caught in ``apply_async``, never seen by callers)."""
+
+    def __init__(self, task_id: str | None) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+
+class _PublishGate:
+    """The producer Celery gets while the persist/dedupe call is under way.
+
+    Celery builds the message, then calls ``publish``: the gate takes the store's
+    verdict first (``verdict`` returns to let the message go, raises to stop it),
+    so the store's round trip overlaps building the message.  Anything published
+    after the task's message (a ``task-sent`` event) goes straight through.
+    """
+
+    def __init__(self, producer: Any, verdict: Callable[[], None]) -> None:
+        self._producer = producer
+        self._verdict: Callable[[], None] | None = verdict
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        if self._verdict is not None:
+            verdict, self._verdict = self._verdict, None
+            verdict()
+        return self._producer.publish(*args, **kwargs)
 
 
 class _CurrentKey:
@@ -226,23 +265,35 @@ class ReliableTask(Task):  # type: ignore[misc]
         # A republish of the running task itself (retry, deferral) must go out.
         internal = task_id == self.request.id
         app = self._get_app()
-        if not app.conf.task_always_eager:
-            existing = self._before_publish(
-                task_id, key, fingerprint, args, kwargs, {**options, "headers": headers,
-                                                          "link": link, "link_error": link_error,
-                                                          "shadow": shadow}, internal,
-            )
-            if existing is not None:
-                rec = recorder(app)
-                rec.transition(task_id, self.name, key, State.PENDING)
-                rec.transition(task_id, self.name, key, State.DEDUPLICATED,
-                               detail={"existing_task": existing})
-                return self.AsyncResult(existing)
-        result = super().apply_async(
-            args, kwargs, task_id=task_id, producer=producer, link=link,
+        connection = options.pop("connection", None)
+        if connection is not None and producer is None:  # what send_task would do with it
+            producer = app.amqp.Producer(connection, auto_declare=False)
+        publish = functools.partial(
+            super().apply_async, args, kwargs, task_id=task_id, link=link,
             link_error=link_error, shadow=shadow, headers=headers, **options,
         )
-        if not internal and not app.conf.task_always_eager:
+        if app.conf.task_always_eager:
+            return publish(producer=producer)
+        answer = self._before_publish(
+            task_id, key, fingerprint, args, kwargs,
+            {**options, "headers": headers, "link": link, "link_error": link_error,
+             "shadow": shadow},
+            internal,
+        )
+        if answer is None:
+            result = publish(producer=producer)
+        else:
+            with app.producer_or_acquire(producer) as real:
+                gate = _PublishGate(real, lambda: self._judge(answer, task_id, key, internal))
+                try:
+                    result = publish(producer=gate)
+                except _AlreadyPublished as existing:
+                    rec = recorder(app)
+                    rec.transition(task_id, self.name, key, State.PENDING)
+                    rec.transition(task_id, self.name, key, State.DEDUPLICATED,
+                                   detail={"existing_task": existing.task_id})
+                    return self.AsyncResult(existing.task_id)
+        if not internal:
             attempt = int(options.get("retries") or 0) + 1
             recorder(app).transition(task_id, self.name, key, State.PENDING, attempt=attempt)
         return result
@@ -250,43 +301,52 @@ class ReliableTask(Task):  # type: ignore[misc]
     def _before_publish(
         self, task_id: str, key: str, fingerprint: str, args: Sequence[Any],
         kwargs: Mapping[str, Any], options: Mapping[str, Any], internal: bool,
-    ) -> str | None:
-        """Persist the record and dedupe; the id of an existing task to return instead."""
+    ) -> Answer | None:
+        """Start persisting the record and the dedupe check; None when both are off.
+
+        The answer is read by :meth:`_judge` only when Celery hands the built message
+        to the producer, so the store's round trip overlaps building it.
+        """
         settings = self.reliable_settings()
         dedupe = settings.dedupe_on_publish and not internal
+        store = self.reliable.store
+        if settings.persist_on_publish:
+            record, delay = encode(
+                self._get_app(), name=self.name, task_id=task_id, key=key,
+                fingerprint=fingerprint, args=args, kwargs=kwargs, options=options,
+            )
+            return store.publish_soon(record, delay + settings.rescue_after, dedupe)
+        if dedupe:
+            return store.lookup_soon(key, fingerprint)
+        return None
+
+    def _judge(self, answer: Answer, task_id: str, key: str, internal: bool) -> None:
+        """The store's answer, just before the message goes out: returns to publish it;
+        raises :class:`_AlreadyPublished` (an existing task stands for this call),
+        :class:`IdempotencyKeyConflict` or :class:`StoreUnavailable` to stop it."""
+        settings = self.reliable_settings()
         try:
-            if settings.persist_on_publish:
-                record, delay = encode(
-                    self._get_app(), name=self.name, task_id=task_id, key=key,
-                    fingerprint=fingerprint, args=args, kwargs=kwargs, options=options,
-                )
-                outcome = self.reliable.store.publish(
-                    record, delay + settings.rescue_after, dedupe
-                )
-            elif dedupe:
-                outcome = self.reliable.store.lookup(key, fingerprint)
-            else:
-                return None
+            outcome = answer()
         except StoreUnavailable as exc:
             if internal or settings.on_store_down_at_publish == "publish":
                 self.reliable.count("published_unrecorded")
                 logger.error("publishing %s[%s] unrecorded: %s", self.name, task_id, exc)
-                return None
+                return
             raise
+        if outcome.status is PublishStatus.NEW:
+            return
         if outcome.status is PublishStatus.CONFLICT and settings.on_key_conflict == "error":
             raise IdempotencyKeyConflict(
                 f"idempotency key {key!r} of {self.name} was used by task {outcome.task_id} "
                 "with different arguments; build the key from every argument that changes "
                 "the outcome, or pass a distinct idempotency_key"
             )
-        if outcome.status is PublishStatus.NEW:
-            return None
         self.reliable.count("deduplicated_on_publish")
         logger.info(
             "not publishing %s with key %r: %s as task %s",
             self.name, key, outcome.status.value.replace("_", " "), outcome.task_id,
         )
-        return outcome.task_id
+        raise _AlreadyPublished(outcome.task_id)
 
     # -- worker ------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -274,6 +274,24 @@ class BreakerCheck:
 Completion = Callable[[bool | None, StoreError | None], None]
 """``then(ok, error)`` of :meth:`Store.complete_soon`."""
 
+Answer = Callable[[], PublishOutcome]
+"""What :meth:`Store.publish_soon` and :meth:`Store.lookup_soon` return: called, it
+gives the outcome or raises the :class:`StoreError` the call met."""
+
+
+def answered(call: Callable[[], PublishOutcome]) -> Answer:
+    """An :data:`Answer` made now: the outcome of ``call``, or the store error it raised."""
+    try:
+        outcome = call()
+    except StoreError as exc:
+        error = exc
+
+        def failed() -> PublishOutcome:
+            raise error
+
+        return failed
+    return lambda: outcome
+
 
 class Store(abc.ABC):
     """One backend. Chosen by URL scheme through :func:`celery_reliable.stores.open_store`."""
@@ -297,6 +315,21 @@ class Store(abc.ABC):
         """:meth:`publish` for several ``(record, deadline_in)`` at once (a replay of
         many dead letters): one round trip on Redis, one transaction on SQL."""
         return [self.publish(record, deadline_in, dedupe) for record, deadline_in in records]
+
+    def publish_soon(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> Answer:
+        """:meth:`publish`, answered when the returned function is called.
+
+        Why: the producer builds the broker message while the store works, and
+        asks for the answer just before the message goes out.  The Redis store
+        writes the call here and reads the reply when asked; other stores answer
+        here.  Errors other than :class:`StoreError` are raised here.
+        """
+        return answered(lambda: self.publish(record, deadline_in, dedupe))
+
+    def lookup_soon(self, key: str, fingerprint: str) -> Answer:
+        """:meth:`lookup`, answered when the returned function is called (see
+        :meth:`publish_soon`)."""
+        return answered(lambda: self.lookup(key, fingerprint))
 
     @abc.abstractmethod
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:

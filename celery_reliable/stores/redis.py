@@ -36,6 +36,7 @@ from redis.commands.core import Script
 
 from celery_reliable.errors import StoreError, StoreUnavailable
 from celery_reliable.stores.base import (
+    Answer,
     BreakerCheck,
     Claim,
     ClaimStatus,
@@ -51,6 +52,7 @@ from celery_reliable.stores.base import (
     Store,
     SweepPolicy,
     TaskRecord,
+    answered,
     page_cursor,
     parse_cursor,
 )
@@ -170,6 +172,55 @@ class RedisStore(Store):
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
         status, task_id = self._run("lookup", [self._names(key, "")[0]], [fingerprint])
         return PublishOutcome(PublishStatus(status), _expand(task_id))
+
+    def publish_soon(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> Answer:
+        return self._soon(
+            "publish", *self._publish_call(record, deadline_in, dedupe),
+            lambda: self.publish(record, deadline_in, dedupe), record.task_id,
+        )
+
+    def lookup_soon(self, key: str, fingerprint: str) -> Answer:
+        return self._soon(
+            "lookup", [self._names(key, "")[0]], [fingerprint],
+            lambda: self.lookup(key, fingerprint),
+        )
+
+    def _soon(
+        self, name: str, keys: Sequence[str], args: Sequence[Any],
+        now: Callable[[], PublishOutcome], own_task_id: str | None = None,
+    ) -> Answer:
+        """Write a publish-side call and return the function that reads its reply.
+
+        ``own_task_id``: the task a publish persists.  When its first reply was lost
+        with the connection and the call was made again, the second call finds the
+        key queued for this very task (the first one ran): that is the publish's own
+        record, not a duplicate.
+        """
+        replies: list[tuple[Any, BaseException | None, bool]] = []
+        try:
+            self._caller.send(
+                self._scripts[name], keys, args,
+                lambda reply, error, again: replies.append((reply, error, again)),
+            )
+        except (redis.ConnectionError, redis.TimeoutError):
+            return answered(now)  # not written: call now, through redis-py's retries
+
+        def answer() -> PublishOutcome:
+            if not replies:
+                self.drain()
+            if not replies:
+                raise StoreError(f"the reply of {name} to {self.safe_url} was not read")
+            reply, error, again = replies[0]
+            if isinstance(error, redis.RedisError):
+                raise _translated(self.safe_url, error)
+            if error is not None:
+                raise StoreError(f"{name} on {self.safe_url}: {error}")
+            status, task_id = reply[0], _expand(reply[1])
+            if again and status == PublishStatus.IN_FLIGHT.value and task_id == own_task_id:
+                status = PublishStatus.NEW.value
+            return PublishOutcome(PublishStatus(status), task_id)
+
+        return answer
 
     # -- consumer side -----------------------------------------------------------
     @_guarded

@@ -158,6 +158,55 @@ def test_complete_soon_answers_like_complete(client: redis.Redis) -> None:
     assert state is not None and state.state == "done" and state.task_id == task_id
 
 
+def test_publish_soon_answers_like_publish(client: redis.Redis) -> None:
+    from celery_reliable.stores.base import PublishStatus, TaskRecord
+
+    store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
+    first, second = (
+        TaskRecord(str(uuid.uuid4()), "t", "k", "0123456789abcdef", "[]", "application/json",
+                   "utf-8", "{}")
+        for _ in range(2)
+    )
+    answer_first = store.publish_soon(first, 60, dedupe=True)
+    answer_second = store.publish_soon(second, 60, dedupe=True)
+    assert answer_second().status is PublishStatus.IN_FLIGHT  # read in any order
+    assert answer_second().task_id == first.task_id
+    assert answer_first().status is PublishStatus.NEW
+    assert store.get_record(first.task_id, "k") is not None
+
+
+def test_a_publish_made_again_after_a_lost_reply_finds_its_own_record(
+    client: redis.Redis,
+) -> None:
+    import time
+
+    from celery_reliable.stores.base import PublishStatus, TaskRecord
+
+    store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
+
+    def record(key: str) -> TaskRecord:
+        return TaskRecord(str(uuid.uuid4()), "t", key, "0123456789abcdef", "[]",
+                          "application/json", "utf-8", "{}")
+
+    mine = record("k")
+    answer = store.publish_soon(mine, 60, dedupe=True)
+    for _ in range(100):  # the server ran it ...
+        if store.get_record(mine.task_id, "k") is not None:
+            break
+        time.sleep(0.01)
+    connection = store._caller._held().connection
+    read = connection.read_response
+
+    def lost(*args: object, **kwargs: object) -> object:  # ... and its reply is lost
+        connection.read_response = read
+        connection.disconnect()
+        raise redis.ConnectionError("connection lost")
+
+    connection.read_response = lost
+    outcome = answer()  # made again: the key is queued for this very task
+    assert (outcome.status, outcome.task_id) == (PublishStatus.NEW, mine.task_id)
+
+
 def test_many_calls_go_in_one_round_trip_and_survive_a_forgotten_script(
     client: redis.Redis,
 ) -> None:

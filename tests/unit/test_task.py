@@ -189,6 +189,52 @@ def test_publish_persists_then_dedupes(app: Celery) -> None:
     assert options["headers"]["reliable_key"] == "receipt:7"
 
 
+def test_the_store_answers_once_the_message_is_built_and_a_duplicate_is_not_sent(
+    app: Celery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery.signals import after_task_publish, before_task_publish
+
+    @app.task(base=ReliableTask, idempotency_key="order:{n}", shared=False)
+    def task(n: int) -> None: ...
+
+    events: list[str] = []
+    store = runtime(app).store
+    publish_soon = store.publish_soon
+
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        answer = publish_soon(*args, **kwargs)
+
+        def read() -> Any:
+            events.append("answer read")
+            return answer()
+
+        return read
+
+    monkeypatch.setattr(store, "publish_soon", traced)
+
+    def built(**_: Any) -> None:
+        events.append("message built")
+
+    def sent(**_: Any) -> None:
+        events.append("sent")
+
+    before_task_publish.connect(built, sender=task.name, weak=False)
+    after_task_publish.connect(sent, sender=task.name, weak=False)
+    try:
+        first, second = task.delay(1), task.delay(1)
+    finally:
+        before_task_publish.disconnect(built, sender=task.name)
+        after_task_publish.disconnect(sent, sender=task.name)
+    assert second.id == first.id
+    # the round trip overlaps building the message; a duplicate stops before it is sent
+    assert events == ["message built", "answer read", "sent", "message built", "answer read"]
+    with app.connection_for_write() as connection:
+        queue = connection.default_channel.queue_declare(
+            app.conf.task_default_queue, passive=True
+        )
+    assert queue.message_count == 1
+
+
 def test_same_key_other_arguments_is_refused_at_publish(app: Celery) -> None:
     @app.task(base=ReliableTask, shared=False)
     def charge(customer: str, amount: int) -> None: ...
