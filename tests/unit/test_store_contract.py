@@ -222,6 +222,20 @@ def test_lookup_only_trusts_done_and_live_leases(any_store: Store) -> None:
     assert any_store.lookup("k", "2" * 16).status is PublishStatus.CONFLICT
 
 
+def test_soon_calls_answer_like_the_calls(any_store: Store) -> None:
+    """publish_soon / lookup_soon: the same outcomes, whenever the answer is read."""
+    first, second = record("k"), record("k")
+    first_answer = any_store.publish_soon(first, 60, dedupe=True)
+    second_answer = any_store.publish_soon(second, 60, dedupe=True)
+    assert first_answer().status is PublishStatus.NEW
+    duplicate = second_answer()
+    assert (duplicate.status, duplicate.task_id) == (PublishStatus.IN_FLIGHT, first.task_id)
+    assert any_store.lookup_soon("k", FP)().status is PublishStatus.NEW  # queued
+    any_store.claim("k", FP, first.task_id, "a", 30, max_lost=3)
+    assert any_store.lookup_soon("k", FP)().status is PublishStatus.IN_FLIGHT
+    assert any_store.lookup_soon("k", "2" * 16)().status is PublishStatus.CONFLICT
+
+
 def test_lost_too_often_stays_dead_until_republished(any_store: Store) -> None:
     assert any_store.claim("k", FP, "t1", "a", SHORT, max_lost=2).status is ClaimStatus.CLAIMED
     wait_until(lambda: any_store.claim("k", FP, "t1", "b", SHORT, max_lost=2).runs)
