@@ -98,18 +98,19 @@ def cleanup_broker(client: redis.Redis, run_tag: str) -> None:
             client.zrem(name, *ours)
 
 
-def cpu_times() -> tuple[int, int]:
-    """(total, idle) jiffies of all CPUs (Linux /proc/stat)."""
+def cpu_times() -> tuple[int, int, int]:
+    """(total, idle, stolen) jiffies of all CPUs (Linux /proc/stat).  Stolen: time the
+    hypervisor gave this VM's CPUs to someone else (a slow round for every variant)."""
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
-    return sum(values), values[3] + values[4]
+    return sum(values), values[3] + values[4], values[7] if len(values) > 7 else 0
 
 
 def cpu_busy(seconds: float = 0.5) -> float:
     """Fraction of all CPUs busy over ``seconds``: others' load shows here."""
-    total0, idle0 = cpu_times()
+    total0, idle0, _ = cpu_times()
     time.sleep(seconds)
-    total1, idle1 = cpu_times()
+    total1, idle1, _ = cpu_times()
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
@@ -204,9 +205,10 @@ class Drainer:
         return int(queued), int(unacked)
 
     def drain(self, staging: str, total: int, timeout: float,
-              done: Callable[[], bool] | None = None) -> tuple[float, float, float]:
+              done: Callable[[], bool] | None = None) -> tuple[float, float, float, float]:
         """RENAME ``staging`` onto the queue; tasks/s from the first message taken to the
-        last one acknowledged, the machine's CPUs busy meanwhile, worker CPU s per task.
+        last one acknowledged, the fractions of the machine's CPU time busy and stolen
+        meanwhile, and the worker's CPU s per task.
 
         ``done``: the variant's own proof that its last task finished.  An empty queue
         and an empty ``unacked`` hash alone are not: kombu moves a message from the
@@ -227,8 +229,9 @@ class Drainer:
         t0 = wait_until(started, timeout, f"the worker to take from {self.queue}")
         t1 = wait_until(finished, timeout, f"{self.queue} to drain ({self.worker.log})")
         cpu1, own1 = cpu_times(), self.worker.cpu_seconds()
-        busy = 1 - (cpu1[1] - cpu0[1]) / max(1, cpu1[0] - cpu0[0])
-        return total / (t1 - t0), busy, (own1 - own0) / total
+        elapsed = max(1, cpu1[0] - cpu0[0])
+        busy, stolen = 1 - (cpu1[1] - cpu0[1]) / elapsed, (cpu1[2] - cpu0[2]) / elapsed
+        return total / (t1 - t0), busy, stolen, (own1 - own0) / total
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

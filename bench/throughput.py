@@ -159,13 +159,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     add(res, cpus[name], "publish_cpu_s", name)
                 for d in rotated(drainers, r):
                     v = d.env["BENCH_VARIANT"]
-                    rate, busy, own = d.drain(f"{run_tag}-stage-{v}", args.n, 60 + args.n / 20,
-                                              finished(d.env, last[v]))
+                    rate, busy, stolen, own = d.drain(
+                        f"{run_tag}-stage-{v}", args.n, 60 + args.n / 20, finished(d.env, last[v])
+                    )
                     add(res, rate, "drain", pool, v)
                     add(res, busy, "cpu_busy_during_drain", pool, v)
+                    add(res, stolen, "cpu_stolen_during_drain", pool, v)
                     add(res, own, "worker_cpu_s", pool, v)
                     print(f"  {pool} round {r + 1} {v:5}: drain {rate:7.1f}/s (CPUs {busy:.0%} "
-                          f"busy), publish {rates[v]:7.1f}/s", file=sys.stderr)
+                          f"busy, {stolen:.0%} stolen), publish {rates[v]:7.1f}/s",
+                          file=sys.stderr)
             for d in drainers:
                 d.worker.stop()
     finally:
@@ -231,7 +234,13 @@ def report(res: dict[str, Any]) -> str:
                    f"equivalents (per round: {', '.join(f'{x:.2f}' for x in per_round)}); "
                    f"hand's extra us/task / RTT = "
                    f"{(1 / m['hand'] - 1 / m['plain']) / rtt:.1f} (3 if one RT costs one RTT)")
+        out.append(f"median of the per-round k (each round's variants ran back to back): "
+                   f"{statistics.median(per_round):.2f}")
         out.append(f"same formula on worker CPU time per task: {k_cpu:.2f}")
+        stolen = [x for v in DRAIN_VARIANTS for x in res["cpu_stolen_during_drain"][pool][v]]
+        out.append(f"CPU time stolen by the hypervisor during the drains: median "
+                   f"{statistics.median(stolen):.0%}, max {max(stolen):.0%} (a round with "
+                   "steal is slow for whichever variant it hits)")
         k_quiet = 3 * (m["plain"] / m["ours-nostates"] - 1) / (m["plain"] / m["hand"] - 1)
         out.append(f"k without state recording (ours-nostates): {k_quiet:.2f}")
     return "\n".join(out)
@@ -239,9 +248,10 @@ def report(res: dict[str, Any]) -> str:
 
 def main() -> None:
     p = command_line(__doc__)
-    p.add_argument("-n", type=int, default=2000,
-                   help="tasks per variant and round (default 2000)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    p.add_argument("-n", type=int, default=500,
+                   help="tasks per variant and round (default 500: short rounds, many of them, "
+                        "so a burst of load from elsewhere hits one round, not one variant)")
+    p.add_argument("--rounds", type=int, default=16, help="rounds (default 16)")
     p.add_argument("--pools", default="solo,prefork", help="worker pools, comma-separated")
     p.add_argument("--concurrency", type=int, default=2, help="prefork concurrency (default 2)")
     p.add_argument("--chunk", type=int, default=100,
