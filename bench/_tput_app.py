@@ -64,6 +64,8 @@ def build(env: Mapping[str, str]) -> Celery:
             reliable_persist_on_publish=env.get("BENCH_PERSIST", "1") == "1",
             reliable_dedupe_on_publish=env.get("BENCH_DEDUPE", "1") == "1",
         )
+        if "BENCH_STATE_BATCH" in env:  # bench/state_stall.py
+            app.conf.reliable_state_batch_size = int(env["BENCH_STATE_BATCH"])
 
         @app.task(name=TASK, shared=False, base=ReliableTask, idempotency_key="b:{n}",
                   ignore_result=True)

@@ -295,7 +295,10 @@ class Settings:
         _number(1, integer=True),
     )
     state_batch_size: int = setting(
-        500, "Transitions written per state store call.", _number(1, integer=True)
+        25,
+        "Transitions written per state store call. Redis runs nothing else while the record "
+        "script runs: small batches keep other clients' waits short (docs/performance.md).",
+        _number(1, integer=True),
     )
     dlq_enabled: bool = setting(
         True,

@@ -71,7 +71,7 @@ def lifecycle(recorder: Recorder, task_id: str, states: Sequence[State]) -> None
 def test_async_transitions_are_buffered_and_written_in_one_batch(
     store: Flaky, make: Callable[..., Recorder]
 ) -> None:
-    recorder = make(store)
+    recorder = make(store, batch_size=100)
     for i in range(20):
         lifecycle(recorder, f"t{i}", [S.PENDING, S.RECEIVED, S.STARTED, S.SUCCEEDED])
     assert store.calls == []  # nothing on the caller's path
