@@ -13,7 +13,8 @@ Publish: tasks/s of the single-threaded ``.delay()`` loop, only the calls timed.
 All producers (also ours with persist/dedupe on publish off) take turns,
 ``--chunk`` tasks at a time, so load from elsewhere hits them alike; N tasks
 each per round, medians over rounds.  Extra round trips per publish =
-(1/ours - 1/plain) / RTT, RTT = median of 2000 redis-py PINGs, before and after.
+(1/ours - 1/plain) / RTT, RTT = median of redis-py PINGs before, after and once per
+round (a single reading can land in a burst of load).
 
 Drain: one warmed-up worker per variant waits (idle, in BRPOP).  A round's
 tasks go to a staging list, RENAMEd onto the worker's queue in one step; the
@@ -153,6 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.rounds):
                 broker.delete(f"{run_tag}-scratch")
                 rates, cpus, last = publish(producers, counter, args.n, args.chunk)
+                res["rtt_s"].append(redis_rtt(n=300))  # the round trip of this round
                 counter = max(last.values()) + 1
                 for name in producers:
                     add(res, rates[name], "publish", name)
@@ -198,8 +200,9 @@ def report(res: dict[str, Any]) -> str:
         f"machine: {res['machine']['cpus']} CPUs, Python {res['machine']['python']}, "
         f"Redis {res['machine']['redis']}; load avg {res['loadavg_1m']} (before, after); "
         f"package {res['machine']['package']}",
-        "Redis round trip (redis-py PING, median of 2000): "
-        + ", ".join(f"{x * 1e6:.0f} us" for x in res["rtt_s"]) + " (before, after)",
+        "Redis round trip (redis-py PING): "
+        + f"median {rtt * 1e6:.0f} us, from {min(res['rtt_s']) * 1e6:.0f} to "
+        f"{max(res['rtt_s']) * 1e6:.0f} us (before, after, and once per round)",
         f"N = {res['n']} tasks per variant and round, {res['rounds']} rounds; publish "
         f"interleaved in chunks of {res['chunk']}\n",
         "Publish (producer loop, single thread; 'hand' publishes a plain task too):",
