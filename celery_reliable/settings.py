@@ -126,7 +126,8 @@ class Settings:
     dedupe_on_publish: bool = setting(
         True,
         "Publishing a key that is done or in flight returns the existing task's handle "
-        "instead of a second message.",
+        "instead of a second message (not for a call that names its task id, as canvas "
+        "members do: the claim answers those).",
         _bool,
         per_task=True,
     )

@@ -259,6 +259,10 @@ class ReliableTask(Task):  # type: ignore[misc]
         else:
             key, fingerprint = self.key_for(args, kwargs, per_call_key)
         headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
+        # A call that names its task id has promised that id to someone: Celery's canvas
+        # (chain, group, chord freeze their members' ids) or the caller.  It must get a
+        # message of that id, so the claim dedupes it, not the producer.
+        named = task_id is not None
         task_id = task_id or str(uuid.uuid4())
         if self.deadline is not None and options.get("expires") is None:
             options["expires"] = self.deadline
@@ -278,7 +282,7 @@ class ReliableTask(Task):  # type: ignore[misc]
             task_id, key, fingerprint, args, kwargs,
             {**options, "headers": headers, "link": link, "link_error": link_error,
              "shadow": shadow},
-            internal,
+            dedupe=not (internal or named),
         )
         if answer is None:
             result = publish(producer=producer)
@@ -300,15 +304,16 @@ class ReliableTask(Task):  # type: ignore[misc]
 
     def _before_publish(
         self, task_id: str, key: str, fingerprint: str, args: Sequence[Any],
-        kwargs: Mapping[str, Any], options: Mapping[str, Any], internal: bool,
+        kwargs: Mapping[str, Any], options: Mapping[str, Any], dedupe: bool,
     ) -> Answer | None:
-        """Start persisting the record and the dedupe check; None when both are off.
+        """Start persisting the record and the dedupe check (``dedupe``: this call may be
+        answered by an existing task); None when there is nothing to do.
 
         The answer is read by :meth:`_judge` only when Celery hands the built message
         to the producer, so the store's round trip overlaps building it.
         """
         settings = self.reliable_settings()
-        dedupe = settings.dedupe_on_publish and not internal
+        dedupe = dedupe and settings.dedupe_on_publish
         store = self.reliable.store
         if settings.persist_on_publish:
             record, delay = encode(

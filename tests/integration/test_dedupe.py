@@ -42,6 +42,30 @@ def test_twenty_copies_reach_workers_and_run_once(
     assert shop.counter.get("effect", 2) == 1
 
 
+def test_canvas_with_duplicate_members_completes_and_runs_each_key_once(
+    make_shop: Callable[..., Shop],
+) -> None:
+    from celery import chain, group
+
+    shop = make_shop("redis")
+    task = shop.task("send_receipt")
+    first = task.delay(7)
+    # Canvas freezes its members' ids before publishing: each gets its message, and
+    # the claim, not the producer, answers the duplicates (with the first result).
+    members = group(task.s(7), task.s(8), task.s(8)).apply_async()
+    assert len({r.id for r in members.results} | {first.id}) == 4
+    with shop.worker():
+        assert members.get(timeout=30) == [
+            {"order": 7, "key": "receipt:7"}, {"order": 8, "key": "receipt:8"},
+            {"order": 8, "key": "receipt:8"},
+        ]
+        chained = chain(task.si(9), task.si(9)).apply_async()
+        assert chained.get(timeout=30) == {"order": 9, "key": "receipt:9"}
+        assert first.get(timeout=30) == {"order": 7, "key": "receipt:7"}
+    for order in (7, 8, 9):
+        assert shop.counter.get("effect", order) == 1, f"order {order}"
+
+
 def test_two_workers_two_copies_at_once_never_both(make_shop: Callable[..., Shop]) -> None:
     shop = make_shop("redis")
     task = shop.task("send_receipt_consumer_dedupe")

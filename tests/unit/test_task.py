@@ -228,11 +228,45 @@ def test_the_store_answers_once_the_message_is_built_and_a_duplicate_is_not_sent
     assert second.id == first.id
     # the round trip overlaps building the message; a duplicate stops before it is sent
     assert events == ["message built", "answer read", "sent", "message built", "answer read"]
+    assert _queued(app) == 1
+
+
+def _queued(app: Celery) -> int:
     with app.connection_for_write() as connection:
-        queue = connection.default_channel.queue_declare(
+        return int(connection.default_channel.queue_declare(
             app.conf.task_default_queue, passive=True
-        )
-    assert queue.message_count == 1
+        ).message_count)
+
+
+def test_canvas_publishes_through_the_gate(app: Celery) -> None:
+    from celery import chain, group
+
+    @app.task(base=ReliableTask, idempotency_key="order:{n}", shared=False)
+    def step(n: int) -> int:
+        return n
+
+    result = chain(step.s(1), step.s()).apply_async()
+    record = runtime(app).store.get_record(result.parent.id, "order:1")
+    assert record is not None and "chain" in decode(app, record)[2]  # the rest of the chain
+    assert _queued(app) == 1
+    # members have frozen ids, promised to the group's result: each is sent (and the
+    # claim answers the duplicate), while a call without an id is answered at once
+    members = group(step.s(2), step.s(3), step.s(2)).apply_async()
+    assert len({r.id for r in members.results}) == 3
+    assert _queued(app) == 4
+    assert step.delay(2).id == members.results[0].id
+    assert _queued(app) == 4
+
+
+def test_a_connection_given_per_call_is_used(app: Celery) -> None:
+    @app.task(base=ReliableTask, shared=False)
+    def task(n: int) -> None: ...
+
+    with app.connection_for_write() as connection:
+        first = task.apply_async((1,), connection=connection)
+        again = task.apply_async((1,), connection=connection)
+    assert again.id == first.id
+    assert _queued(app) == 1
 
 
 def test_same_key_other_arguments_is_refused_at_publish(app: Celery) -> None:
