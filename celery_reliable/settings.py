@@ -127,7 +127,7 @@ class Settings:
         True,
         "Publishing a key that is done or in flight returns the existing task's handle "
         "instead of a second message (not for a call that names its task id, as canvas "
-        "members do: the claim answers those).",
+        "members do, or carries callbacks: the claim answers those).",
         _bool,
         per_task=True,
     )

@@ -260,9 +260,10 @@ class ReliableTask(Task):  # type: ignore[misc]
             key, fingerprint = self.key_for(args, kwargs, per_call_key)
         headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
         # A call that names its task id has promised that id to someone: Celery's canvas
-        # (chain, group, chord freeze their members' ids) or the caller.  It must get a
-        # message of that id, so the claim dedupes it, not the producer.
-        named = task_id is not None
+        # (chain, group, chord freeze their members' ids) or the caller; a call with
+        # callbacks has promised to run them.  It must get a message of its own, so the
+        # claim dedupes it (skipped, with the first run's result), not the producer.
+        promised = task_id is not None or bool(link or link_error)
         task_id = task_id or str(uuid.uuid4())
         if self.deadline is not None and options.get("expires") is None:
             options["expires"] = self.deadline
@@ -282,7 +283,7 @@ class ReliableTask(Task):  # type: ignore[misc]
             task_id, key, fingerprint, args, kwargs,
             {**options, "headers": headers, "link": link, "link_error": link_error,
              "shadow": shadow},
-            dedupe=not (internal or named),
+            dedupe=not (internal or promised),
         )
         if answer is None:
             result = publish(producer=producer)

@@ -256,6 +256,9 @@ def test_canvas_publishes_through_the_gate(app: Celery) -> None:
     assert _queued(app) == 4
     assert step.delay(2).id == members.results[0].id
     assert _queued(app) == 4
+    with_callback = step.apply_async((2,), link=step.s())  # its callback must run
+    assert with_callback.id != members.results[0].id
+    assert _queued(app) == 5
 
 
 def test_a_connection_given_per_call_is_used(app: Celery) -> None:
