@@ -66,6 +66,10 @@ def build(env: Mapping[str, str]) -> Celery:
         )
         if "BENCH_STATE_BATCH" in env:  # bench/state_stall.py
             app.conf.reliable_state_batch_size = int(env["BENCH_STATE_BATCH"])
+        if "BENCH_SCRIPT_ROWS" in env:  # bench/state_stall.py: not a setting, a constant
+            from celery_reliable.states.stores import redis as state_redis
+
+            state_redis.SCRIPT_ROWS = int(env["BENCH_SCRIPT_ROWS"])
 
         @app.task(name=TASK, shared=False, base=ReliableTask, idempotency_key="b:{n}",
                   ignore_result=True)

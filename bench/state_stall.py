@@ -6,8 +6,11 @@ blocks the server for milliseconds, and every client of that Redis (the broker,
 if it is the same server; the app's cache) waits that long now and then.  The
 throughput bench does not show it: it reports medians.
 
-How: one warmed-up solo worker per ``reliable_state_batch_size`` under test
-(``ReliableTask`` with the defaults and a Redis store, ``bench/_tput_app.py``).
+How: one warmed-up solo worker per variant under test (``ReliableTask`` with the
+defaults and a Redis store, ``bench/_tput_app.py``).  A variant is
+``BATCH/ROWS``: ``reliable_state_batch_size`` (transitions per record call, one
+round trip) and the Redis state store's ``SCRIPT_ROWS`` (transitions per Lua
+script in that call; a module constant, set in the worker for the bench).
 Each round publishes N tasks per worker to a staging list, then drains each
 worker in turn while a probe thread sends a ``PING`` every millisecond on a
 connection of its own and times it.  Printed per batch size: the probe's
@@ -72,19 +75,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run(sizes: list[int], n: int, rounds: int) -> dict[str, Any]:
+def run(sizes: list[str], n: int, rounds: int) -> dict[str, Any]:
     run_tag, broker_url = tag("st"), f"{REDIS}/8"
     base = {"BENCH_BROKER_URL": broker_url, "BENCH_STORE_URL": f"{REDIS}/9",
             "BENCH_VARIANT": "ours"}
     logdir = Path(tempfile.mkdtemp(prefix="bench-stall-"))
-    workers: dict[int, Drainer] = {}
+    workers: dict[str, Drainer] = {}
     producers = {}
     res: dict[str, Any] = {"n": n, "rounds": rounds, "probe": {}, "drain": {}}
     try:
         for size in sizes:
-            queue = f"{run_tag}-b{size}"
-            env = {**base, "BENCH_QUEUE": queue, "BENCH_PREFIX": f"{run_tag}b{size}",
-                   "BENCH_STATE_BATCH": str(size)}
+            batch_size, rows = size.split("/")
+            queue = f"{run_tag}-b{batch_size}-r{rows}"
+            env = {**base, "BENCH_QUEUE": queue, "BENCH_PREFIX": f"{run_tag}b{batch_size}r{rows}",
+                   "BENCH_STATE_BATCH": batch_size, "BENCH_SCRIPT_ROWS": rows}
             workers[size] = Drainer("bench._tput_app", env, broker_url, queue,
                                     logdir / f"{queue}.log", "solo", 1, "WARNING")
             workers[size].worker.start()
@@ -107,9 +111,9 @@ def run(sizes: list[int], n: int, rounds: int) -> dict[str, Any]:
                     rate, _, _, _ = drainer.drain(f"{drainer.queue}-stage", batch, 120)
                     probe.recording = False
                     if r >= 0:
-                        res["probe"].setdefault(str(size), []).extend(probe.samples)
-                        res["drain"].setdefault(str(size), []).append(rate)
-                        print(f"  round {r + 1} batch {size}: drain {rate:7.1f}/s, "
+                        res["probe"].setdefault(size, []).extend(probe.samples)
+                        res["drain"].setdefault(size, []).append(rate)
+                        print(f"  round {r + 1} {size}: drain {rate:7.1f}/s, "
                               f"max PING {max(probe.samples) * 1e3:.2f} ms", file=sys.stderr)
     finally:
         for drainer in workers.values():
@@ -136,19 +140,19 @@ def report(res: dict[str, Any]) -> str:
         f"machine: {m['cpus']} CPUs, Redis {m['redis']}; package {m['package']}",
         f"N = {res['n']} tasks per worker and round, {res['rounds']} rounds; a PING every ms "
         "while each worker drains",
-        table(["reliable_state_batch_size", "PINGs", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
+        table(["batch size / rows per script", "PINGs", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
                "drain tasks/s"], rows),
     ])
 
 
 def main() -> None:
     p = command_line(__doc__)
-    p.add_argument("--sizes", default="500,100,25",
-                   help="reliable_state_batch_size values, comma-separated (500,100,25)")
+    p.add_argument("--variants", default="500/500,500/25,25/25",
+                   help="BATCH/ROWS pairs, comma-separated (500/500,500/25,25/25)")
     p.add_argument("-n", type=int, default=2000, help="tasks per worker and round (2000)")
     p.add_argument("--rounds", type=int, default=4, help="rounds (4)")
     args = p.parse_args()
-    sizes = [int(x) for x in args.sizes.split(",")]
+    sizes = args.variants.split(",")
     emit(run(sizes, args.n, args.rounds), args.json, report)
 
 

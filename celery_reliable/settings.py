@@ -296,9 +296,9 @@ class Settings:
         _number(1, integer=True),
     )
     state_batch_size: int = setting(
-        25,
-        "Transitions written per state store call. Redis runs nothing else while the record "
-        "script runs: small batches keep other clients' waits short (docs/performance.md).",
+        500,
+        "Transitions written per state store call (one round trip; the Redis store splits "
+        "it into short scripts so that other clients are not held up).",
         _number(1, integer=True),
     )
     dlq_enabled: bool = setting(

@@ -65,7 +65,7 @@ COUNTERS = ("written", "duplicates", "rejected_illegal", "write_errors",
 class Recorder:
     def __init__(
         self, store: StateStore | Callable[[], StateStore], *, flush: str = ASYNC,
-        interval: float = 0.2, buffer_size: int = 10_000, batch_size: int = 25,
+        interval: float = 0.2, buffer_size: int = 10_000, batch_size: int = 500,
         enabled: bool = True,
     ) -> None:
         """``store`` may be a callable that opens it: nothing connects before the first write."""

@@ -235,7 +235,7 @@ def test_prune_forgets_old_tasks_in_bounded_batches(states: StateStore) -> None:
     assert [c.task_id for c in states.stuck(1)] == [recent]
 
 
-def test_redis_records_a_batch_over_shards_in_one_round_trip_with_hash_tags(
+def test_redis_records_a_batch_over_shards_a_round_trip_per_script_with_hash_tags(
     prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import fakeredis
@@ -265,7 +265,7 @@ def test_redis_records_a_batch_over_shards_in_one_round_trip_with_hash_tags(
     batch = [t for task in tasks
              for t in path(task, [S.PENDING, S.RECEIVED, S.STARTED], now - 5, key="k:shared")]
     assert states.record(batch).written == 36
-    assert round_trips == ["pipeline"]
+    assert round_trips == ["pipeline"] * 3  # a script per shard (under SCRIPT_ROWS each)
 
     tags = {key.split("}")[0] + "}" for key in states.client.scan_iter(match=f"{{{prefix}*")}
     assert tags == {f"{{{prefix}:st:{shard}}}" for shard in range(3)}  # Cluster: one slot each
@@ -275,6 +275,28 @@ def test_redis_records_a_batch_over_shards_in_one_round_trip_with_hash_tags(
     states.client.script_flush()  # a restarted server: the script is loaded again, once
     monkeypatch.undo()
     assert states.record([tr(tasks[0], S.SUCCEEDED, now - 1, key="k:shared")]).written == 1
+
+
+def test_a_large_batch_goes_in_short_scripts_keeping_each_task_in_one(
+    states: StateStore,
+) -> None:
+    from celery_reliable.states.stores.redis import SCRIPT_ROWS, _chunks
+
+    now = time.time()
+    tasks = [tid() for _ in range(40)]
+    batch = [t for task in tasks
+             for t in path(task, [S.PENDING, S.RECEIVED, S.STARTED], now - 10, key="k:big")]
+    chunks = _chunks(batch, lambda task_id: "one shard")
+    assert len(chunks) > 1 and all(len(rows) <= SCRIPT_ROWS + 2 for _, rows in chunks)
+    assert sorted(i for _, rows in chunks for i in rows) == list(range(len(batch)))
+    for _, rows in chunks:  # a task's consecutive transitions are never split
+        first, last = batch[rows[0]].task_id, batch[rows[-1]].task_id
+        assert rows[0] == 0 or batch[rows[0] - 1].task_id != first
+        assert rows[-1] == len(batch) - 1 or batch[rows[-1] + 1].task_id != last
+    result = states.record(batch)
+    assert (result.written, result.duplicates, result.rejected) == (120, 0, ())
+    assert [t.state for t in states.timeline(tasks[-1])] == [S.PENDING, S.RECEIVED, S.STARTED]
+    assert len(states.stuck(1, limit=100)) == 40
 
 
 def test_concurrent_first_transitions_of_the_same_tasks_are_all_recorded(

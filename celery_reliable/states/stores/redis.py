@@ -22,7 +22,7 @@ import functools
 import json
 import time
 import zlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -43,6 +43,29 @@ from celery_reliable.states.model import (
 from celery_reliable.states.stores.base import SharedStoreStateStore, stuck_states
 from celery_reliable.stores.base import Store
 from celery_reliable.stores.redis import RedisStore, _guarded
+
+#: Transitions per record script, one round trip each.  Redis runs nothing else while
+#: a script runs, and this one takes 15-30 us per transition: a flush of hundreds of
+#: transitions in one script held every other client of the server (the broker, when it
+#: is the same Redis) for up to 10 ms; pipelined scripts are read a few at a time, so
+#: they still held it for several.  One at a time, others get in between each.
+SCRIPT_ROWS = 25
+
+
+def _chunks(
+    transitions: Sequence[Transition], tag_of: Callable[[str], str]
+) -> list[tuple[str, list[int]]]:
+    """Indexes of ``transitions`` by shard, in scripts of about :data:`SCRIPT_ROWS`; a
+    task's consecutive transitions stay in one script (it writes them together)."""
+    by_shard: dict[str, list[list[int]]] = {}
+    for i, t in enumerate(transitions):
+        scripts = by_shard.setdefault(tag_of(t.task_id), [[]])
+        last = scripts[-1]
+        if len(last) >= SCRIPT_ROWS and transitions[last[-1]].task_id != t.task_id:
+            last = []
+            scripts.append(last)
+        last.append(i)
+    return [(tag, indexes) for tag, scripts in by_shard.items() for indexes in scripts]
 
 
 def _us(seconds: float) -> int:
@@ -77,18 +100,18 @@ class RedisStateStore(SharedStoreStateStore):
     # -- writes ----------------------------------------------------------------------
     @_guarded
     def record(self, transitions: Sequence[Transition]) -> RecordResult:
-        by_shard: dict[str, list[int]] = {}
-        for i, t in enumerate(transitions):
-            by_shard.setdefault(self._tag(t.task_id), []).append(i)
-        calls = []
-        for tag, indexes in by_shard.items():
-            # One JSON argument per batch: redis-py packs each argument separately, and
+        chunks = _chunks(transitions, self._tag)
+        calls = [
+            # One JSON argument per script: redis-py packs each argument separately, and
             # twelve per transition cost more than the script itself.
-            rows = json.dumps([_fields(transitions[i]) for i in indexes])
-            calls.append((tag, [int(self.retention * 1000), rows]))
+            (tag, [int(self.retention * 1000),
+                   json.dumps([_fields(transitions[i]) for i in indexes])])
+            for tag, indexes in chunks
+        ]
         written = duplicates = 0
         rejected: list[Rejection] = []
-        for indexes, reply in zip(by_shard.values(), self._run("record", calls), strict=True):
+        replies = [reply for call in calls for reply in self._run("record", [call])]
+        for (_, indexes), reply in zip(chunks, replies, strict=True):
             written += int(reply[0])
             duplicates += int(reply[1])
             for at in range(2, len(reply), 3):
@@ -97,7 +120,7 @@ class RedisStateStore(SharedStoreStateStore):
         return RecordResult(written, duplicates, tuple(rejected))
 
     def _run(self, name: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """One script per shard, all in one round trip.
+        """Scripts in one round trip (a pipeline).
 
         EVALSHA in a plain pipeline: a pipeline of ``Script`` objects would
         first ask SCRIPT EXISTS, a second round trip.  A server that lost the
