@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 
 from celery_reliable import (
@@ -259,6 +260,43 @@ def test_canvas_publishes_through_the_gate(app: Celery) -> None:
     with_callback = step.apply_async((2,), link=step.s())  # its callback must run
     assert with_callback.id != members.results[0].id
     assert _queued(app) == 5
+
+
+def test_threads_publishing_at_once_each_get_their_own_answer(app: Celery, prefix: str) -> None:
+    """Each thread's store calls go on its own connection, read back by its own gate."""
+    import threading
+
+    from tests.servers import REDIS
+
+    app.conf.reliable_store_url = REDIS.require() + "/14"
+    app.conf.reliable_key_prefix = prefix
+    app.conf.reliable_state_enabled = False  # nothing written after the clean-up below
+
+    @app.task(base=ReliableTask, idempotency_key="order:{n}", shared=False)
+    def task(n: int) -> None: ...
+
+    ids: dict[int, set[str]] = {n: set() for n in range(40)}
+    lock = threading.Lock()
+
+    def publish(offset: int) -> None:
+        for i in range(60):
+            n = (i + offset) % 40
+            task_id = task.delay(n).id
+            with lock:
+                ids[n].add(task_id)
+
+    threads = [threading.Thread(target=publish, args=(k * 7,)) for k in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(len(found) == 1 for found in ids.values()), ids  # one task per key
+        assert _queued(app) == 40
+    finally:
+        client = redis.Redis.from_url(app.conf.reliable_store_url)
+        for name in client.scan_iter(match=f"{{{prefix}*", count=1000):
+            client.delete(name)
 
 
 def test_a_connection_given_per_call_is_used(app: Celery) -> None:
