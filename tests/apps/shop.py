@@ -165,6 +165,11 @@ def build(env: Mapping[str, str]) -> Celery:
         """A plain Celery task, as a library would ship it."""
         return x + y
 
+    @app.task(name="shop.orders_of", shared=False)
+    def orders_of(receipts: list[dict[str, Any]]) -> list[int]:
+        """A chord's callback: the orders of its members' receipts."""
+        return [receipt["order"] for receipt in receipts]
+
     @app.task(name="shop.kill_own_worker", shared=False, base=ReliableTask,
               idempotency_key="crash:{order_id}")
     def kill_own_worker(order_id: int) -> None:

@@ -45,7 +45,7 @@ def test_twenty_copies_reach_workers_and_run_once(
 def test_canvas_with_duplicate_members_completes_and_runs_each_key_once(
     make_shop: Callable[..., Shop],
 ) -> None:
-    from celery import chain, group
+    from celery import chain, chord, group
 
     shop = make_shop("redis")
     task = shop.task("send_receipt")
@@ -54,7 +54,7 @@ def test_canvas_with_duplicate_members_completes_and_runs_each_key_once(
     # the claim, not the producer, answers the duplicates (with the first result).
     members = group(task.s(7), task.s(8), task.s(8)).apply_async()
     assert len({r.id for r in members.results} | {first.id}) == 4
-    with shop.worker():
+    with shop.worker(pool="prefork", concurrency=2):
         assert members.get(timeout=30) == [
             {"order": 7, "key": "receipt:7"}, {"order": 8, "key": "receipt:8"},
             {"order": 8, "key": "receipt:8"},
@@ -62,7 +62,11 @@ def test_canvas_with_duplicate_members_completes_and_runs_each_key_once(
         chained = chain(task.si(9), task.si(9)).apply_async()
         assert chained.get(timeout=30) == {"order": 9, "key": "receipt:9"}
         assert first.get(timeout=30) == {"order": 7, "key": "receipt:7"}
-    for order in (7, 8, 9):
+        # two processes take the two copies at once: one runs, the other is deferred
+        # until it is done, then skipped with its result; the callback fires once both are
+        both = chord([task.s(10, hold=1.0), task.s(10, hold=1.0)], shop.task("orders_of").s())
+        assert both.apply_async().get(timeout=60) == [10, 10]
+    for order in (7, 8, 9, 10):
         assert shop.counter.get("effect", order) == 1, f"order {order}"
 
 
