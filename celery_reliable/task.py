@@ -263,11 +263,13 @@ class ReliableTask(Task):  # type: ignore[misc]
         # (chain, group, chord freeze their members' ids) or the caller; a call with
         # callbacks has promised to run them.  It must get a message of its own, so the
         # claim dedupes it (skipped, with the first run's result), not the producer.
+        # Retries and deferrals republish the running task under its own id: promised too.
         promised = task_id is not None or bool(link or link_error)
         task_id = task_id or str(uuid.uuid4())
         if self.deadline is not None and options.get("expires") is None:
             options["expires"] = self.deadline
-        # A republish of the running task itself (retry, deferral) must go out.
+        # A republish of the running task itself (retry, deferral) goes out even with the
+        # store down, and its PENDING was recorded by the first publish.
         internal = task_id == self.request.id
         app = self._get_app()
         connection = options.pop("connection", None)
@@ -283,7 +285,7 @@ class ReliableTask(Task):  # type: ignore[misc]
             task_id, key, fingerprint, args, kwargs,
             {**options, "headers": headers, "link": link, "link_error": link_error,
              "shadow": shadow},
-            dedupe=not (internal or promised),
+            dedupe=not promised,
         )
         if answer is None:
             result = publish(producer=producer)

@@ -211,10 +211,8 @@ class RedisStore(Store):
             if not replies:
                 raise StoreError(f"the reply of {name} to {self.safe_url} was not read")
             reply, error, again = replies[0]
-            if isinstance(error, redis.RedisError):
-                raise _translated(self.safe_url, error)
             if error is not None:
-                raise StoreError(f"{name} on {self.safe_url}: {error}")
+                raise self._store_error(error)
             status, task_id = reply[0], _expand(reply[1])
             if again and status == PublishStatus.IN_FLIGHT.value and task_id == own_task_id:
                 status = PublishStatus.NEW.value
@@ -268,8 +266,7 @@ class RedisStore(Store):
 
         def answered(reply: Any, error: BaseException | None, again: bool) -> None:
             if error is not None:
-                then(None, _translated(self.safe_url, error)
-                     if isinstance(error, redis.RedisError) else StoreError(str(error)))
+                then(None, self._store_error(error))
                 return
             ok = bool(reply)
             if not ok and again:
@@ -292,6 +289,12 @@ class RedisStore(Store):
     def drain(self) -> None:
         with _guard(self.safe_url):
             self._caller.drain()
+
+    def _store_error(self, error: BaseException) -> StoreError:
+        """The error a call sent ahead (``ScriptCaller.send``) came back with, as ours."""
+        if isinstance(error, redis.RedisError):
+            return _translated(self.safe_url, error)
+        return StoreError(str(error))
 
     def complete_call(
         self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
