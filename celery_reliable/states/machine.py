@@ -133,11 +133,14 @@ def parse_many(names: Iterable[str | State] | None) -> frozenset[State] | None:
 
 
 def lua_table() -> str:
-    """:data:`LEGAL` as Lua (prepended to the Redis scripts); ``''`` holds :data:`INITIAL`."""
+    """:data:`LEGAL` and :data:`TERMINAL` as Lua (prepended to the Redis record script);
+    ``LEGAL['']`` holds :data:`INITIAL`."""
     rows = []
     for state, targets in sorted(LEGAL.items()):
         inner = ", ".join(f"{t.value}=true" for t in sorted(targets))
         rows.append(f"  {state.value}={{{inner}}},")
     initial = ", ".join(f"{s.value}=true" for s in sorted(INITIAL))
     rows.append(f"  [''] = {{{initial}}},")
-    return "local LEGAL = {\n" + "\n".join(rows) + "\n}\n"
+    terminal = ", ".join(f"{s.value}=true" for s in sorted(TERMINAL))
+    return ("local LEGAL = {\n" + "\n".join(rows) + "\n}\n"
+            + f"local TERMINAL = {{{terminal}}}\n")

@@ -68,7 +68,11 @@ class StateStore(abc.ABC):
     def prune(self, before: float, limit: int = 1000) -> int:
         """Forget at most ``limit`` tasks whose last transition is older than ``before``
         (their current state, history and key index entries), and counts older than
-        it; returns how many tasks.  Call again while it returns ``limit``."""
+        it; returns how many tasks.  Call again while it returns ``limit``.
+
+        A backend whose entries expire by themselves (Redis: ``retention`` after the
+        task's last write) leaves finished tasks to that and forgets here only what
+        is left in its indexes of unfinished ones."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable/StoreError when the store cannot be used."""

@@ -6,14 +6,18 @@ Layout, for prefix ``reliable`` and shard ``S`` (crc32 of the task id modulo
     {reliable:st:S}:c:<task_id>  current state (hash: state, since, name, key, attempt, worker)
     {reliable:st:S}:h:<task_id>  history: sorted set of JSON entries scored by time
     {reliable:st:S}:i:<STATE>    tasks in that state, scored by when they entered it
+                                 (unfinished states only: see below)
     {reliable:st:S}:k:<key>      tasks of an idempotency key, scored by their last transition
     {reliable:st:S}:n:<minute>   counts: hash "<STATE>\\t<task name>" -> transitions that minute
 
 A task's current state, history and counts expire ``retention`` after their
-last write; :meth:`prune` removes the index entries of expired tasks (run it
-periodically: the rescuer does).  "Stuck" is a ZRANGEBYSCORE on the state
-indexes.  Everything one script touches shares the shard's hash tag, so the
-store works on Redis Cluster; a batch spanning shards is one pipeline.
+last write.  Finished tasks (SUCCEEDED, DEDUPLICATED, DEAD_LETTERED) are in no
+state index: nothing asks for them by state, and such an index would hold every
+task of the retention period.  :meth:`prune` removes the index entries of
+unfinished tasks that expired (run it periodically: the rescuer does).  "Stuck"
+is a ZRANGEBYSCORE on the state indexes.  Everything one script touches shares
+the shard's hash tag, so the store works on Redis Cluster; a batch spanning
+shards is one pipeline.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class RedisStateStore(SharedStoreStateStore):
         self.retention = retention
         self.shards = store.shards
         self.tags = [f"{{{store.prefix}:st:{shard}}}:" for shard in range(self.shards)]
+        self._indexed = [state.value for state in stuck_states(None)]
         self._scripts: dict[str, Script] = {
             "record": self.client.register_script(lua_table() + _lua("record")),
             "prune": self.client.register_script(_lua("prune")),
@@ -147,7 +152,7 @@ class RedisStateStore(SharedStoreStateStore):
             if pruned >= limit:
                 break
             pruned += int(self._scripts["prune"](
-                keys=[tag], args=[_us(before), limit - pruned, *(s.value for s in State)],
+                keys=[tag], args=[_us(before), limit - pruned, *self._indexed],
             ))
         return pruned
 

@@ -1,5 +1,5 @@
--- Record a batch of transitions of one shard (the LEGAL table is prepended,
--- generated from celery_reliable/states/machine.py).
+-- Record a batch of transitions of one shard (the LEGAL and TERMINAL tables are
+-- prepended, generated from celery_reliable/states/machine.py).
 -- KEYS[1]: the shard's prefix "{p:st:S}:" (its hash tag routes the script)
 -- ARGV[1]: retention in ms; ARGV[2]: a JSON list of transitions, each a list of
 --   12 strings: id, task_id, name, key, state, attempt, worker, at_us, minute,
@@ -19,15 +19,20 @@ local function state_of(entries)
 end
 
 local rows = cjson.decode(ARGV[2])
-local expiring = {}  -- count keys given their TTL by this call already
+-- Counts are added up here and written once per script: a batch is mostly one
+-- task name in one minute, three transitions a task.
+local counted, counted_order = {}, {}
 
 local function count(minute, state, name)
   local counts = base .. 'n:' .. minute
-  redis.call('HINCRBY', counts, state .. '\t' .. name, 1)
-  if not expiring[counts] then
-    redis.call('PEXPIRE', counts, ttl)
-    expiring[counts] = true
+  local fields = counted[counts]
+  if fields == nil then
+    fields = {}
+    counted[counts] = fields
+    counted_order[#counted_order + 1] = counts
   end
+  local field = state .. '\t' .. name
+  fields[field] = (fields[field] or 0) + 1
 end
 
 local function member(row)
@@ -35,11 +40,15 @@ local function member(row)
   return cjson.encode({id, state, attempt, worker, etype, emsg, detail, name, key})
 end
 
--- The task is now in `state` since `at` (not late): move it in the indexes.
+-- The task is now in `state` since `at` (not late): move it in the indexes.  Only
+-- states a task can stay stuck in are indexed: a finished task's keys expire by
+-- themselves, and an index of every finished task would be the store's largest key.
 local function set_current(task, previous, state, at, name, key, attempt, worker)
   local cur_key = base .. 'c:' .. task
-  if previous ~= '' then redis.call('ZREM', base .. 'i:' .. previous, task) end
-  redis.call('ZADD', base .. 'i:' .. state, at, task)
+  if previous ~= '' and not TERMINAL[previous] then
+    redis.call('ZREM', base .. 'i:' .. previous, task)
+  end
+  if not TERMINAL[state] then redis.call('ZADD', base .. 'i:' .. state, at, task) end
   redis.call('HSET', cur_key, 'state', state, 'since', at, 'name', name, 'key', key,
              'attempt', attempt, 'worker', worker)
   redis.call('PEXPIRE', cur_key, ttl)
@@ -99,7 +108,10 @@ local function together(first, last)
   local hist_key = base .. 'h:' .. task
   local cur = redis.call('HMGET', base .. 'c:' .. task, 'state', 'since')
   local previous = cur[1] or ''
-  if previous ~= '' and tonumber(rows[first][8]) < tonumber(cur[2]) then return false end
+  -- Every recorded transition of the task is at or before `since`: rows after it
+  -- cannot be duplicates, rows at it may be, rows before it are late.
+  local newer = previous == '' or tonumber(rows[first][8]) > tonumber(cur[2])
+  if not newer and tonumber(rows[first][8]) < tonumber(cur[2]) then return false end
   local members, scored, state = {}, {}, previous
   for i = first, last do
     local row = rows[i]
@@ -110,8 +122,10 @@ local function together(first, last)
     scored[#scored + 1] = row[8]
     scored[#scored + 1] = members[#members]
   end
-  for _, score in ipairs(redis.call('ZMSCORE', hist_key, unpack(members))) do
-    if score then return false end
+  if not newer then
+    for _, score in ipairs(redis.call('ZMSCORE', hist_key, unpack(members))) do
+      if score then return false end
+    end
   end
   redis.call('ZADD', hist_key, unpack(scored))
   redis.call('PEXPIRE', hist_key, ttl)
@@ -130,5 +144,9 @@ while first <= #rows do
     for i = first, last do one(i) end
   end
   first = last + 1
+end
+for _, counts in ipairs(counted_order) do
+  for field, n in pairs(counted[counts]) do redis.call('HINCRBY', counts, field, n) end
+  redis.call('PEXPIRE', counts, ttl)
 end
 return {written, duplicates, unpack(rejected)}
