@@ -90,6 +90,12 @@ def setting(default: Any, doc: str, check: Check, per_task: bool = False) -> Any
     return field(default=default, metadata={"doc": doc, "check": check, "per_task": per_task})
 
 
+#: Default of ``reliable_state_retention``: a day, like Celery's ``result_expires`` and
+#: the completion memory.  Not a week: on Redis a finished task's states take about
+#: 1 KB, a week of 100 tasks/s is 59 GB, often in the Redis that is also the broker.
+STATE_RETENTION = 86400.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved ``reliable_*`` settings of one app (immutable; one per app)."""
@@ -275,8 +281,9 @@ class Settings:
         _store_url,
     )
     state_retention: float = setting(
-        7 * 86400.0,
-        "Seconds a task's states are kept after its last transition.",
+        STATE_RETENTION,
+        "Seconds a task's states are kept after its last transition. On Redis that is "
+        "memory, about 1 KB per finished task: size it (docs/states.md).",
         _number(60),
     )
     state_flush: str = setting(
@@ -297,8 +304,8 @@ class Settings:
     )
     state_batch_size: int = setting(
         500,
-        "Transitions written per state store call (one round trip; the Redis store splits "
-        "it into short scripts so that other clients are not held up).",
+        "Transitions written per state store call: one transaction on SQL; on Redis, "
+        "scripts of 25 transitions, a round trip each, so that other clients are not held up.",
         _number(1, integer=True),
     )
     dlq_enabled: bool = setting(

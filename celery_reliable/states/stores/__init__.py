@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 from celery_reliable.errors import ConfigurationError
+from celery_reliable.settings import STATE_RETENTION
 from celery_reliable.states.stores.base import StateStore
 from celery_reliable.stores import Store, open_store
 
@@ -23,13 +24,13 @@ _BACKENDS = {
 
 
 def open_state_store(
-    url: str, *, prefix: str = "reliable", shards: int = 1, retention: float = 7 * 86400.0
+    url: str, *, prefix: str = "reliable", shards: int = 1, retention: float = STATE_RETENTION
 ) -> StateStore:
     """Open the state store for ``url`` (``redis://``, ``postgresql+psycopg://``, ``memory://``...)."""
     return state_store_on(open_store(url, prefix=prefix, shards=shards), retention)
 
 
-def state_store_on(store: Store, retention: float = 7 * 86400.0) -> StateStore:
+def state_store_on(store: Store, retention: float = STATE_RETENTION) -> StateStore:
     """The state store using ``store``'s connection (and closing it when closed)."""
     target = _BACKENDS.get(type(store).__module__)
     if target is None:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 
+from celery_reliable.settings import STATE_RETENTION
 from celery_reliable.states.machine import State
 from celery_reliable.states.model import (
     RecordResult,
@@ -27,7 +28,7 @@ from celery_reliable.stores.base import Store
 
 class MemoryStateStore(StateStore):
     def __init__(
-        self, url: str = "memory://", *, retention: float = 7 * 86400.0,
+        self, url: str = "memory://", *, retention: float = STATE_RETENTION,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url

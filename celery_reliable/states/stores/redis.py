@@ -4,7 +4,7 @@ Layout, for prefix ``reliable`` and shard ``S`` (crc32 of the task id modulo
 ``reliable_redis_shards``); times are microseconds, so scores are exact::
 
     {reliable:st:S}:c:<task_id>  current state (hash: state, since, name, key, attempt, worker)
-    {reliable:st:S}:h:<task_id>  history: sorted set of JSON entries scored by time
+    {reliable:st:S}:h:<task_id>  history: sorted set of entries scored by time (see _entry)
     {reliable:st:S}:i:<STATE>    tasks in that state, scored by when they entered it
                                  (unfinished states only: see below)
     {reliable:st:S}:k:<key>      tasks of an idempotency key, scored by their last transition
@@ -22,6 +22,7 @@ shards is one pipeline.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import time
@@ -90,7 +91,7 @@ class RedisStateStore(SharedStoreStateStore):
         self.tags = [f"{{{store.prefix}:st:{shard}}}:" for shard in range(self.shards)]
         self._indexed = [state.value for state in stuck_states(None)]
         self._scripts: dict[str, Script] = {
-            "record": self.client.register_script(lua_table() + _lua("record")),
+            "record": self.client.register_script(lua_table() + _codes_lua() + _lua("record")),
             "prune": self.client.register_script(_lua("prune")),
         }
 
@@ -108,7 +109,7 @@ class RedisStateStore(SharedStoreStateStore):
         chunks = _chunks(transitions, self._tag)
         calls = [
             # One JSON argument per script: redis-py packs each argument separately, and
-            # twelve per transition cost more than the script itself.
+            # nine per transition cost more than the script itself.
             (tag, [int(self.retention * 1000),
                    json.dumps([_fields(transitions[i]) for i in indexes])])
             for tag, indexes in chunks
@@ -164,8 +165,7 @@ class RedisStateStore(SharedStoreStateStore):
 
     @_guarded
     def timeline(self, task_id: str) -> list[Transition]:
-        entries = self.client.zrange(f"{self._tag(task_id)}h:{task_id}", 0, -1, withscores=True)
-        return [_transition(task_id, member, score) for member, score in _scored(entries)]
+        return self._timelines([task_id])
 
     @_guarded
     def timeline_by_key(self, key: str) -> list[Transition]:
@@ -173,14 +173,23 @@ class RedisStateStore(SharedStoreStateStore):
         for tag in self.tags:
             pipe.zrange(f"{tag}k:{key}", 0, -1)
         task_ids = sorted({task_id for ids in pipe.execute() for task_id in ids})
+        return sorted(self._timelines(task_ids), key=lambda t: (t.at, t.id))
+
+    def _timelines(self, task_ids: Sequence[str]) -> list[Transition]:
+        """The histories of tasks, each in order; name and key come from the current
+        state (entries leave them out: they are the same for every entry of a task)."""
+        pipe = self.client.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.zrange(f"{self._tag(task_id)}h:{task_id}", 0, -1, withscores=True)
-        merged = [
-            _transition(task_id, member, score)
-            for task_id, entries in zip(task_ids, pipe.execute(), strict=True)
-            for member, score in _scored(entries)
+            tag = self._tag(task_id)
+            pipe.zrange(f"{tag}h:{task_id}", 0, -1, withscores=True)
+            pipe.hmget(f"{tag}c:{task_id}", "name", "key")
+        replies = pipe.execute()
+        return [
+            _transition(task_id, entry, score, name or "", key or "")
+            for task_id, entries, (name, key) in zip(
+                task_ids, replies[::2], replies[1::2], strict=True)
+            for entry, score in _scored(entries)
         ]
-        return sorted(merged, key=lambda t: (t.at, t.id))
 
     @_guarded
     def stuck(
@@ -226,11 +235,61 @@ class RedisStateStore(SharedStoreStateStore):
 def _fields(t: Transition) -> list[str]:
     """The script's fields of one transition, all strings: Lua numbers would print
     microsecond times in exponent notation and lose digits."""
+    at = _us(t.at)
     return [
-        t.id, t.task_id, t.name, t.key, t.state.value, str(t.attempt), t.worker or "",
-        str(_us(t.at)), str(minute_of(t.at)), t.error_type or "", t.error_message or "",
-        t.detail_json() or "",
+        _entry(t, at), t.task_id, t.name, t.key, t.state.value, str(t.attempt),
+        t.worker or "", str(at), str(minute_of(t.at)),
     ]
+
+
+#: A state in history entries: the first three letters of its name (unique; checked).
+_CODE = {state: state.value[:3] for state in State}
+_OF_CODE = {code: state for state, code in _CODE.items()}
+if len(_OF_CODE) != len(_CODE):  # pragma: no cover - a new state's name must not collide
+    raise RuntimeError("two task states share their first three letters: give one a code")
+
+
+def _codes_lua() -> str:
+    """The codes as a Lua table code -> state name (prepended to the record script)."""
+    pairs = ", ".join(f"{code}='{state.value}'" for state, code in sorted(_CODE.items()))
+    return f"local STATE_OF_CODE = {{{pairs}}}\n"
+
+
+def _entry(t: Transition, at: int) -> str:
+    """A history entry: ``COD|attempt|id|error|worker``, scored by ``at``.
+
+    Why so terse: Redis keeps a small sorted set whose members are at most 64
+    bytes (``zset-max-listpack-value``) as one listpack, about 5 times smaller
+    than the skiplist it becomes otherwise.  So: the state is a three-letter
+    code (``SUC`` for SUCCEEDED, see ``_CODE``); the task's name and key are left
+    out (they are in its current state hash); the id's first 14 hex digits are
+    the time, which is the score, and the other 18 are written as 12 base64
+    characters (an id not made by ``new_id`` is kept whole after ``=``);
+    ``error`` is empty unless the transition has an error or details, then JSON
+    ``[type, message, detail]`` with ``|`` escaped.  The worker comes last and
+    may hold anything.  A success path entry with a worker name of up to 44
+    characters fits in 64 bytes.
+    """
+    prefix = f"{at:014x}"
+    if len(t.id) == 32 and t.id.startswith(prefix) and _is_hex(t.id):
+        ident = base64.urlsafe_b64encode(bytes.fromhex(t.id[14:])).decode()
+    elif "|" in t.id:
+        raise ValueError(f"a transition id may not contain '|': {t.id!r}")
+    else:
+        ident = "=" + t.id
+    error = ""
+    if t.error_type or t.error_message or t.detail:
+        error = json.dumps([t.error_type or "", t.error_message or "", t.detail_json() or ""],
+                           separators=(",", ":")).replace("|", "\\u007c")
+    return f"{_CODE[t.state]}|{t.attempt}|{ident}|{error}|{t.worker or ''}"
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
 
 
 def _state(value: str) -> State | None:
@@ -249,12 +308,19 @@ def _current(task_id: str, v: Mapping[str, str]) -> TaskState:
     )
 
 
-def _transition(task_id: str, member: str, score: float) -> Transition:
-    tid, state, attempt, worker, etype, emsg, detail, name, key = json.loads(member)
+def _transition(task_id: str, entry: str, score: float, name: str, key: str) -> Transition:
+    """The transition of a history entry (see :func:`_entry`)."""
+    code, attempt, ident, error, worker = entry.split("|", 4)
+    at = int(score)
+    etype, emsg, detail = json.loads(error) if error else ("", "", "")
+    if ident.startswith("="):
+        transition_id = ident[1:]
+    else:
+        transition_id = f"{at:014x}{base64.urlsafe_b64decode(ident).hex()}"
     return Transition(
-        task_id=task_id, name=name, key=key, state=State(state), attempt=int(attempt),
-        worker=worker or None, at=score / 1e6, error_type=etype or None,
-        error_message=emsg or None, detail=load_detail(detail), id=tid,
+        task_id=task_id, name=name, key=key, state=_OF_CODE[code], attempt=int(attempt),
+        worker=worker or None, at=at / 1e6, error_type=etype or None,
+        error_message=emsg or None, detail=load_detail(detail), id=transition_id,
     )
 
 

@@ -1,9 +1,11 @@
 -- Record a batch of transitions of one shard (the LEGAL and TERMINAL tables are
--- prepended, generated from celery_reliable/states/machine.py).
+-- prepended, generated from celery_reliable/states/machine.py, and STATE_OF_CODE
+-- from celery_reliable/states/stores/redis.py).
 -- KEYS[1]: the shard's prefix "{p:st:S}:" (its hash tag routes the script)
 -- ARGV[1]: retention in ms; ARGV[2]: a JSON list of transitions, each a list of
---   12 strings: id, task_id, name, key, state, attempt, worker, at_us, minute,
---   error_type, error_message, detail ('' for none)
+--   9 strings: history entry, task_id, name, key, state, attempt, worker, at_us,
+--   minute.  The entry (the sorted set member, built by redis.py's _entry) starts
+--   with the state's code and a '|'.
 -- Returns {written, duplicates, then index (0-based), before, after per rejected one}.
 local unpack = unpack or table.unpack
 local base, ttl = KEYS[1], ARGV[1]
@@ -15,7 +17,7 @@ local function legal(from, to)
 end
 local function state_of(entries)
   if entries[1] == nil then return '' end
-  return cjson.decode(entries[1])[2]
+  return STATE_OF_CODE[string.match(entries[1], '^[^|]*')]
 end
 
 local rows = cjson.decode(ARGV[2])
@@ -33,11 +35,6 @@ local function count(minute, state, name)
   end
   local field = state .. '\t' .. name
   fields[field] = (fields[field] or 0) + 1
-end
-
-local function member(row)
-  local id, _, name, key, state, attempt, worker, _, _, etype, emsg, detail = unpack(row)
-  return cjson.encode({id, state, attempt, worker, etype, emsg, detail, name, key})
 end
 
 -- The task is now in `state` since `at` (not late): move it in the indexes.  Only
@@ -63,9 +60,8 @@ end
 -- One transition at a time: duplicates skipped, late ones fitted in by time.
 local function one(i)
   local row = rows[i]
-  local id, task, name, key, state, attempt, worker, at, minute = unpack(row)
+  local m, task, name, key, state, attempt, worker, at, minute = unpack(row)
   local cur_key, hist_key = base .. 'c:' .. task, base .. 'h:' .. task
-  local m = member(row)
   if redis.call('ZSCORE', hist_key, m) then
     duplicates = duplicates + 1
     return
@@ -118,7 +114,7 @@ local function together(first, last)
     if row[4] ~= key or not legal(state, row[5]) then return false end
     if i > first and tonumber(row[8]) < tonumber(rows[i - 1][8]) then return false end
     state = row[5]
-    members[#members + 1] = member(row)
+    members[#members + 1] = row[1]
     scored[#scored + 1] = row[8]
     scored[#scored + 1] = members[#members]
   end
