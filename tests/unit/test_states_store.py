@@ -377,33 +377,40 @@ def test_transitions_a_microsecond_apart_keep_their_order(states: StateStore) ->
 
 def test_every_field_of_a_transition_reads_back_as_written(states: StateStore) -> None:
     """Separators, quotes and other alphabets in messages, details and worker names; an
-    id not made by ``new_id``."""
+    id not made by ``new_id``; attempts on two workers and a transition without one;
+    a late one written last."""
     task, now = tid(), time.time()
-    failed = tr(task, S.RETRY_SCHEDULED, now - 8, worker="celery@a|b \"c\"",
-                error_type="ValueError", error_message='bad | "quoted" \\ 数据 ✓',
-                detail={"countdown": 1.5, "note": "x|y"})
-    steps = [tr(task, S.PENDING, now - 10, id="custom-id-1"),
-             tr(task, S.RECEIVED, now - 9, worker="celery@a|b \"c\""), failed]
-    steps.insert(2, tr(task, S.STARTED, now - 8.5, worker="celery@a|b \"c\""))
-    assert states.record(steps).written == 4
+    first, other = "celery@a|b \"c\"", "celery@" + "x" * 70
+    steps = [
+        tr(task, S.PENDING, now - 10, id="custom-id-1"),
+        tr(task, S.RECEIVED, now - 9, worker=first),
+        tr(task, S.STARTED, now - 8.5, worker=first),
+        tr(task, S.RETRY_SCHEDULED, now - 8, worker=first, error_type="ValueError",
+           error_message='bad | "quoted" \\ 数据 ✓', detail={"countdown": 1.5, "note": "x|y"}),
+        tr(task, S.RECEIVED, now - 7, attempt=2, worker=other),
+        tr(task, S.STARTED, now - 6, attempt=2),
+    ]
+    assert states.record(steps[1:]).written == 5
+    assert states.record(steps[:1]).written == 1  # late: fitted in before RECEIVED
     fields = ("task_id", "name", "key", "state", "attempt", "worker", "error_type",
               "error_message", "detail", "id")
     got = states.timeline(task)
     assert [[getattr(t, f) for f in fields] for t in got] == [
         [getattr(t, f) for f in fields] for t in steps]
     assert [round(t.at * 1e6) for t in got] == [round(t.at * 1e6) for t in steps]  # µs kept
-    assert states.record(steps).duplicates == 4  # the same entries, recognised
+    assert states.record(steps).duplicates == 6  # the same entries, recognised
 
 
 def test_redis_keeps_a_finished_task_history_compact() -> None:
     """Members of at most 64 bytes keep a small sorted set a listpack, about 5 x smaller
-    than the skiplist it becomes otherwise (server config zset-max-listpack-value)."""
+    than the skiplist it becomes otherwise (server config zset-max-listpack-value),
+    whatever the length of the worker's name."""
     from tests.servers import REDIS
 
     store = open_store(REDIS.require() + "/15", prefix=f"compact-{uuid.uuid4().hex[:8]}")
     states = RedisStateStore(store, retention=600)
     task, now = tid(), time.time()
-    worker = "celery@shop-worker-5d8f7c9b6-x7k2p"  # a Kubernetes pod name: 34 characters
+    worker = "celery@ip-10-0-1-23.eu-west-1.compute.internal-worker-2"  # 55 characters
     states.record([tr(task, state, now - 5 + i, worker=None if i == 0 else worker)
                    for i, state in enumerate([S.PENDING, S.RECEIVED, S.STARTED, S.SUCCEEDED])])
     history = f"{states.tags[0]}h:{task}"

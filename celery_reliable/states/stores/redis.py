@@ -176,17 +176,17 @@ class RedisStateStore(SharedStoreStateStore):
         return sorted(self._timelines(task_ids), key=lambda t: (t.at, t.id))
 
     def _timelines(self, task_ids: Sequence[str]) -> list[Transition]:
-        """The histories of tasks, each in order; name and key come from the current
-        state (entries leave them out: they are the same for every entry of a task)."""
+        """The histories of tasks, each in order; name, key and first worker come from
+        the current state (entries leave them out: see :func:`_entry`)."""
         pipe = self.client.pipeline(transaction=False)
         for task_id in task_ids:
             tag = self._tag(task_id)
             pipe.zrange(f"{tag}h:{task_id}", 0, -1, withscores=True)
-            pipe.hmget(f"{tag}c:{task_id}", "name", "key")
+            pipe.hmget(f"{tag}c:{task_id}", "name", "key", "w0")
         replies = pipe.execute()
         return [
-            _transition(task_id, entry, score, name or "", key or "")
-            for task_id, entries, (name, key) in zip(
+            _transition(task_id, entry, score, name or "", key or "", w0 or "")
+            for task_id, entries, (name, key, w0) in zip(
                 task_ids, replies[::2], replies[1::2], strict=True)
             for entry, score in _scored(entries)
         ]
@@ -256,7 +256,8 @@ def _codes_lua() -> str:
 
 
 def _entry(t: Transition, at: int) -> str:
-    """A history entry: ``COD|attempt|id|error|worker``, scored by ``at``.
+    """A history entry, ``COD|attempt|id|error|``, scored by ``at``; the script adds
+    the worker part (nothing: the task's first worker; ``=name``; ``=``: none).
 
     Why so terse: Redis keeps a small sorted set whose members are at most 64
     bytes (``zset-max-listpack-value``) as one listpack, about 5 times smaller
@@ -266,9 +267,10 @@ def _entry(t: Transition, at: int) -> str:
     the time, which is the score, and the other 18 are written as 12 base64
     characters (an id not made by ``new_id`` is kept whole after ``=``);
     ``error`` is empty unless the transition has an error or details, then JSON
-    ``[type, message, detail]`` with ``|`` escaped.  The worker comes last and
-    may hold anything.  A success path entry with a worker name of up to 44
-    characters fits in 64 bytes.
+    ``[type, message, detail]`` with ``|`` escaped; the worker, which may hold
+    anything, comes last, and only when it is not the task's first one (kept
+    once, in field ``w0`` of the current-state hash).  A success path entry is
+    about 20 bytes, whatever the worker's name.
     """
     prefix = f"{at:014x}"
     if len(t.id) == 32 and t.id.startswith(prefix) and _is_hex(t.id):
@@ -281,7 +283,7 @@ def _entry(t: Transition, at: int) -> str:
     if t.error_type or t.error_message or t.detail:
         error = json.dumps([t.error_type or "", t.error_message or "", t.detail_json() or ""],
                            separators=(",", ":")).replace("|", "\\u007c")
-    return f"{_CODE[t.state]}|{t.attempt}|{ident}|{error}|{t.worker or ''}"
+    return f"{_CODE[t.state]}|{t.attempt}|{ident}|{error}|"
 
 
 def _is_hex(text: str) -> bool:
@@ -308,9 +310,12 @@ def _current(task_id: str, v: Mapping[str, str]) -> TaskState:
     )
 
 
-def _transition(task_id: str, entry: str, score: float, name: str, key: str) -> Transition:
+def _transition(
+    task_id: str, entry: str, score: float, name: str, key: str, first_worker: str
+) -> Transition:
     """The transition of a history entry (see :func:`_entry`)."""
     code, attempt, ident, error, worker = entry.split("|", 4)
+    worker = worker[1:] if worker.startswith("=") else first_worker
     at = int(score)
     etype, emsg, detail = json.loads(error) if error else ("", "", "")
     if ident.startswith("="):

@@ -4,8 +4,10 @@
 -- KEYS[1]: the shard's prefix "{p:st:S}:" (its hash tag routes the script)
 -- ARGV[1]: retention in ms; ARGV[2]: a JSON list of transitions, each a list of
 --   9 strings: history entry, task_id, name, key, state, attempt, worker, at_us,
---   minute.  The entry (the sorted set member, built by redis.py's _entry) starts
---   with the state's code and a '|'.
+--   minute.  The entry (redis.py's _entry) is the sorted set member but for its
+--   worker part, added here: nothing when the worker is the task's first worker
+--   (field w0 of its current-state hash), '=' and the name when it is another
+--   one, '=' alone when there is none.
 -- Returns {written, duplicates, then index (0-based), before, after per rejected one}.
 local unpack = unpack or table.unpack
 local base, ttl = KEYS[1], ARGV[1]
@@ -37,17 +39,30 @@ local function count(minute, state, name)
   fields[field] = (fields[field] or 0) + 1
 end
 
+-- The history member of a row, given the task's first worker (false: none yet).
+local function member(row, w0)
+  local worker = row[7]
+  if worker == w0 or (not w0 and worker ~= '') then return row[1] end
+  return row[1] .. '=' .. worker
+end
+
+-- The task's first worker after `row` (set the first time a row names one).
+local function first_worker(w0, row)
+  if not w0 and row[7] ~= '' then return row[7] end
+  return w0
+end
+
 -- The task is now in `state` since `at` (not late): move it in the indexes.  Only
 -- states a task can stay stuck in are indexed: a finished task's keys expire by
 -- themselves, and an index of every finished task would be the store's largest key.
-local function set_current(task, previous, state, at, name, key, attempt, worker)
+local function set_current(task, previous, state, at, name, key, attempt, worker, w0)
   local cur_key = base .. 'c:' .. task
   if previous ~= '' and not TERMINAL[previous] then
     redis.call('ZREM', base .. 'i:' .. previous, task)
   end
   if not TERMINAL[state] then redis.call('ZADD', base .. 'i:' .. state, at, task) end
   redis.call('HSET', cur_key, 'state', state, 'since', at, 'name', name, 'key', key,
-             'attempt', attempt, 'worker', worker)
+             'attempt', attempt, 'worker', worker, 'w0', w0 or '')
   redis.call('PEXPIRE', cur_key, ttl)
   local by_key = base .. 'k:' .. key
   redis.call('ZADD', by_key, at, task)
@@ -60,13 +75,15 @@ end
 -- One transition at a time: duplicates skipped, late ones fitted in by time.
 local function one(i)
   local row = rows[i]
-  local m, task, name, key, state, attempt, worker, at, minute = unpack(row)
+  local _, task, name, key, state, attempt, worker, at, minute = unpack(row)
   local cur_key, hist_key = base .. 'c:' .. task, base .. 'h:' .. task
+  local cur = redis.call('HMGET', cur_key, 'state', 'since', 'w0')
+  local w0 = cur[3] ~= '' and cur[3]
+  local m = member(row, w0)
   if redis.call('ZSCORE', hist_key, m) then
     duplicates = duplicates + 1
     return
   end
-  local cur = redis.call('HMGET', cur_key, 'state', 'since')
   local previous = cur[1] or ''
   local late = previous ~= '' and tonumber(at) < tonumber(cur[2])
   local ok, before, after
@@ -88,10 +105,12 @@ local function one(i)
   written = written + 1
   redis.call('ZADD', hist_key, at, m)
   redis.call('PEXPIRE', hist_key, ttl)
+  local now_w0 = first_worker(w0, row)
   if late then
+    if now_w0 ~= w0 then redis.call('HSET', cur_key, 'w0', now_w0) end
     redis.call('PEXPIRE', cur_key, ttl)
   else
-    set_current(task, previous, state, at, name, key, attempt, worker)
+    set_current(task, previous, state, at, name, key, attempt, worker, now_w0)
   end
   count(minute, state, name)
 end
@@ -102,8 +121,8 @@ end
 local function together(first, last)
   local task, key = rows[first][2], rows[first][4]
   local hist_key = base .. 'h:' .. task
-  local cur = redis.call('HMGET', base .. 'c:' .. task, 'state', 'since')
-  local previous = cur[1] or ''
+  local cur = redis.call('HMGET', base .. 'c:' .. task, 'state', 'since', 'w0')
+  local previous, w0 = cur[1] or '', cur[3] ~= '' and cur[3]
   -- Every recorded transition of the task is at or before `since`: rows after it
   -- cannot be duplicates, rows at it may be, rows before it are late.
   local newer = previous == '' or tonumber(rows[first][8]) > tonumber(cur[2])
@@ -114,7 +133,8 @@ local function together(first, last)
     if row[4] ~= key or not legal(state, row[5]) then return false end
     if i > first and tonumber(row[8]) < tonumber(rows[i - 1][8]) then return false end
     state = row[5]
-    members[#members + 1] = row[1]
+    members[#members + 1] = member(row, w0)
+    w0 = first_worker(w0, row)
     scored[#scored + 1] = row[8]
     scored[#scored + 1] = members[#members]
   end
@@ -126,7 +146,7 @@ local function together(first, last)
   redis.call('ZADD', hist_key, unpack(scored))
   redis.call('PEXPIRE', hist_key, ttl)
   local row = rows[last]
-  set_current(task, previous, row[5], row[8], row[3], row[4], row[6], row[7])
+  set_current(task, previous, row[5], row[8], row[3], row[4], row[6], row[7], w0)
   for i = first, last do count(rows[i][9], rows[i][5], rows[i][3]) end
   written = written + (last - first + 1)
   return true
