@@ -140,7 +140,12 @@ class RedisStore(Store):
         return f"{tag}:k:{key}", f"{tag}:t:{task_id}", f"{tag}:due"
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._caller.call(self._scripts[name], keys, args)
+        return self.call_script(self._scripts[name], keys, args)
+
+    def call_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call, one round trip, on this thread's connection (also for the
+        state store that shares this store's Redis); redis-py's errors."""
+        return self._caller.call(script, keys, args)
 
     # -- producer side -----------------------------------------------------------
     @_guarded

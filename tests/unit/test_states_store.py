@@ -252,7 +252,13 @@ def test_redis_records_a_batch_over_shards_a_round_trip_per_script_with_hash_tag
     now = time.time()
     states.record(path(tid(), [S.PENDING], now - 10))  # loads the script (NOSCRIPT once)
     round_trips: list[str] = []
-    execute, command = redis.client.Pipeline.execute, states.client.execute_command
+    connection = states.client.connection_pool.connection_class
+    send, execute, command = (connection.send_packed_command, redis.client.Pipeline.execute,
+                              states.client.execute_command)
+
+    def counted_send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        round_trips.append("script")
+        return send(self, *args, **kwargs)
 
     def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         round_trips.append("pipeline")
@@ -262,6 +268,7 @@ def test_redis_records_a_batch_over_shards_a_round_trip_per_script_with_hash_tag
         round_trips.append(str(args[0]))
         return command(*args, **kwargs)
 
+    monkeypatch.setattr(connection, "send_packed_command", counted_send)
     monkeypatch.setattr(redis.client.Pipeline, "execute", counted_execute)
     monkeypatch.setattr(states.client, "execute_command", counted_command)
     tasks = [tid() for _ in range(12)]
@@ -270,7 +277,7 @@ def test_redis_records_a_batch_over_shards_a_round_trip_per_script_with_hash_tag
     batch = [t for task in tasks
              for t in path(task, [S.PENDING, S.RECEIVED, S.STARTED], now - 5, key="k:shared")]
     assert states.record(batch).written == 36
-    assert round_trips == ["pipeline"] * 3  # a script per shard (under SCRIPT_ROWS each)
+    assert round_trips == ["script"] * 3  # a script per shard (under SCRIPT_ROWS each)
 
     tags = {key.split("}")[0] + "}" for key in states.client.scan_iter(match=f"{{{prefix}*")}
     assert tags == {f"{{{prefix}:st:{shard}}}" for shard in range(3)}  # Cluster: one slot each

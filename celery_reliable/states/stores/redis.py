@@ -32,7 +32,6 @@ from importlib import resources
 from typing import Any, cast
 
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from celery_reliable.states.machine import State, lua_table
 from celery_reliable.states.model import (
@@ -116,7 +115,10 @@ class RedisStateStore(SharedStoreStateStore):
         ]
         written = duplicates = 0
         rejected: list[Rejection] = []
-        replies = [reply for call in calls for reply in self._run("record", [call])]
+        # One script at a time, on the lean path of the store's calls (redis_calls.py):
+        # Redis serves its other clients between two.
+        script = self._scripts["record"]
+        replies = [self.store.call_script(script, [tag], args) for tag, args in calls]
         for (_, indexes), reply in zip(chunks, replies, strict=True):
             written += int(reply[0])
             duplicates += int(reply[1])
@@ -124,27 +126,6 @@ class RedisStateStore(SharedStoreStateStore):
                 t = transitions[indexes[int(reply[at])]]
                 rejected.append(Rejection(t, _state(reply[at + 1]), _state(reply[at + 2])))
         return RecordResult(written, duplicates, tuple(rejected))
-
-    def _run(self, name: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """Scripts in one round trip (a pipeline).
-
-        EVALSHA in a plain pipeline: a pipeline of ``Script`` objects would
-        first ask SCRIPT EXISTS, a second round trip.  A server that lost the
-        script (restarted, SCRIPT FLUSH) answers NOSCRIPT to every call, none
-        of which ran: load it and send the pipeline again.
-        """
-        script = self._scripts[name]
-        try:
-            return self._evalsha(script.sha, calls)
-        except NoScriptError:
-            self.client.script_load(script.script)
-            return self._evalsha(script.sha, calls)
-
-    def _evalsha(self, sha: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for tag, args in calls:
-            pipe.evalsha(sha, 1, tag, *args)
-        return list(pipe.execute())
 
     @_guarded
     def prune(self, before: float, limit: int = 1000) -> int:
