@@ -48,15 +48,18 @@ def migrate(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> None:
-    """Validate the settings, reach the store, and print the crash-recovery bound.
+    """Validate the settings, reach the store, print the crash-recovery bound and what in
+    the store server's settings puts the guarantees at risk.
 
-    Exits 2 when a setting is invalid or the store is unreachable or not migrated.
+    Exits 2 when a setting is invalid or the store is unreachable or not migrated, 1 when
+    the store's server is at risk (no persistence, an eviction policy), else 0.
     """
     app = _app(ctx)
     try:
         rt = runtime(app)
         rt.store.ping()
         pending = rt.store.pending_count()
+        risks = rt.store.risks()
     except ReliableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -70,12 +73,17 @@ def check(ctx: click.Context, as_json: bool) -> None:
         "pending_records": pending,
         "reliable_tasks": reliable,
         "recovery": recovery,
+        "risks": risks,
         "settings": {name: getattr(rt.settings, name[len("reliable_"):]) for name, *_ in rows()},
     }
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
-        return
-    click.echo(f"store: {report['store']} (reachable, {pending} task records in flight)")
-    click.echo(f"reliable tasks: {', '.join(reliable) or 'none registered'}")
-    for line in recovery:
-        click.echo(line)
+    else:
+        click.echo(f"store: {report['store']} (reachable, {pending} task records in flight)")
+        click.echo(f"reliable tasks: {', '.join(reliable) or 'none registered'}")
+        for line in recovery:
+            click.echo(line)
+        for risk in risks:
+            click.echo(f"warning: {risk}", err=True)
+    if risks:
+        sys.exit(1)

@@ -510,6 +510,12 @@ class Store(abc.ABC):
         :class:`StoreError` if its schema is missing or outdated (a retry cannot fix
         that: run ``celery -A app reliable-store migrate``)."""
 
+    def risks(self) -> list[str]:
+        """What in the store server's own settings puts the guarantees at risk, each in
+        words an operator can act on; ``[]`` when nothing is known to.  Logged at worker
+        start and printed by ``celery -A app reliable-store check``."""
+        return []
+
     def migrate(self) -> None:
         """Create or upgrade the schema (SQL). A no-op where there is no schema."""
 

@@ -74,6 +74,31 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def redis_risks(
+    url: str, policy: str, maxmemory: int, appendonly: str | None, save: str | None
+) -> list[str]:
+    """What :meth:`RedisStore.risks` says of a server with these settings (``None``:
+    unknown)."""
+    found = []
+    if maxmemory and policy != "noeviction":
+        found.append(
+            f"Redis store {url} may evict keys (maxmemory {maxmemory} bytes, "
+            f"maxmemory-policy {policy}): every key of the store expires some day, so "
+            "under memory pressure completed keys, leases and task records can be "
+            "dropped, and then a duplicate runs or a lost task is not rescued. Set "
+            "maxmemory-policy noeviction (writes then fail loudly when it is full), or "
+            "give the store a Redis of its own"
+        )
+    if appendonly == "no" and save == "":
+        found.append(
+            f"Redis store {url} does not persist (appendonly no, save \"\"): when it "
+            "restarts it forgets which keys completed and every task record, so "
+            "duplicates can run and lost tasks cannot be rescued. Turn on appendonly "
+            "(or RDB snapshots), or use a SQL store"
+        )
+    return found
+
+
 def _translated(url: str, exc: redis.RedisError) -> StoreError:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return StoreUnavailable(f"Redis store {url} is unreachable: {exc}")
@@ -555,6 +580,23 @@ class RedisStore(Store):
     @_guarded
     def ping(self) -> None:
         self.client.ping()
+
+    @_guarded
+    def risks(self) -> list[str]:
+        """Eviction and persistence: every key of the store has a TTL, so any eviction
+        policy may drop completed keys, leases and task records under memory pressure;
+        and a Redis that does not persist forgets them all when it restarts.  Managed
+        services that refuse ``CONFIG`` are taken to persist (they replicate)."""
+        memory = self.client.info("memory")
+        try:
+            appendonly = self.client.config_get("appendonly").get("appendonly")
+            save = self.client.config_get("save").get("save")
+        except redis.ResponseError:  # CONFIG renamed or refused
+            appendonly = save = None
+        return redis_risks(
+            self.safe_url, str(memory.get("maxmemory_policy", "noeviction")),
+            int(memory.get("maxmemory", 0) or 0), appendonly, save,
+        )
 
     def close(self) -> None:
         self._caller.close()

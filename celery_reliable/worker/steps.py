@@ -12,8 +12,8 @@ from typing import Any
 from celery import Celery, bootsteps
 
 from celery_reliable.dlq.poison import PoisonStep
-from celery_reliable.errors import StoreUnavailable
-from celery_reliable.runtime import runtime
+from celery_reliable.errors import StoreError, StoreUnavailable
+from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.states import signals as observe
 from celery_reliable.states.runtime import states_of
 from celery_reliable.worker import signals, transport
@@ -51,6 +51,9 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 "celery_reliable: the store is unreachable at start-up (%s); reliable tasks "
                 "are deferred until it answers", exc,
             )
+        else:
+            for risk in _risks(rt):
+                logger.warning("celery_reliable: %s", risk)
         logger.info("celery_reliable: store %s", rt.settings.store_url)
         if rt.settings.rescue_enabled:
             self.rescuer = Rescuer(rt, self.hostname)
@@ -60,6 +63,14 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.rescuer is not None:
             self.rescuer.stop()
             self.rescuer = None
+
+
+def _risks(rt: Runtime) -> list[str]:
+    try:
+        return list(rt.store.risks())
+    except StoreError as exc:  # the start goes on: the tasks are guarded by the claim
+        logger.warning("celery_reliable: could not read the store's settings: %s", exc)
+        return []
 
 
 def _is_reliable(task: Any) -> bool:
