@@ -248,7 +248,10 @@ class Settings:
         3600.0, "Upper bound of the doubled rescue_after.", _number(0.1)
     )
     rescue_batch: int = setting(
-        500, "Records taken per sweep and store shard.", _number(1, integer=True)
+        500,
+        "Records taken per sweep call and store shard; a sweep takes batch after batch "
+        "while they come back full, for up to reliable_rescue_interval.",
+        _number(1, integer=True),
     )
     max_rescues: int = setting(
         10,

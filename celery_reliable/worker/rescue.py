@@ -69,6 +69,8 @@ class Rescuer:
         self._thread: threading.Thread | None = None
         self._pruned_at = time.monotonic()
         self._behind_logged_at = -BEHIND_LOG_EVERY
+        #: the last sweep ran out of time with records still due
+        self.backlog = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="celery-reliable-rescue",
@@ -82,23 +84,36 @@ class Rescuer:
 
     def _loop(self) -> None:
         interval = self.runtime.settings.rescue_interval
-        while not self._stop.wait(interval):
+        while not self._stop.wait(0 if self.backlog else interval):
             try:
                 self.sweep_once()
             except StoreError as exc:
+                self.backlog = False  # wait an interval before trying again
                 self.runtime.count("rescue_error")
                 logger.warning("rescue sweep skipped: %s", exc)
 
     def sweep_once(self) -> int:
-        """One sweep if this worker holds the sweeper lease; the number of records handled."""
+        """One sweep if this worker holds the sweeper lease: batch after batch while they
+        come back full, for up to ``reliable_rescue_interval`` seconds (a Redis broker
+        restarted empty leaves every queued task due at once; one batch per interval
+        would take hours over them); the number of records handled."""
         store = self.runtime.store
-        if not store.acquire_sweeper(self.owner, self.runtime.settings.rescue_interval * 3):
+        interval = self.runtime.settings.rescue_interval
+        self.backlog = False
+        if not store.acquire_sweeper(self.owner, interval * 3):
             return 0
-        taken = store.sweep(self.policy)
-        for record in taken:
-            self.handle(record)
+        started, handled = time.monotonic(), 0
+        while True:
+            taken = store.sweep(self.policy)
+            for record in taken:
+                self.handle(record)
+            handled += len(taken)
+            # Out of time with a full batch: more are due, the next sweep starts at once.
+            self.backlog = len(taken) >= self.policy.limit
+            if not self.backlog or time.monotonic() - started >= interval:
+                break
         self._prune_states()
-        return len(taken)
+        return handled
 
     def _prune_states(self) -> None:
         """Forget task states past their retention, every :data:`PRUNE_EVERY` seconds, by
