@@ -510,6 +510,13 @@ class Store(abc.ABC):
         :class:`StoreError` if its schema is missing or outdated (a retry cannot fix
         that: run ``celery -A app reliable-store migrate``)."""
 
+    def prune(self, limit: int = 1000) -> int:
+        """Forget at most ``limit`` completed keys past their retention, in one short
+        transaction; how many.  Only stores without expiry of their own have any (SQL):
+        expired keys already count as absent, this reclaims their space.  The sweeping
+        worker calls it again while it returns ``limit``."""
+        return 0
+
     def risks(self) -> list[str]:
         """What in the store server's own settings puts the guarantees at risk, each in
         words an operator can act on; ``[]`` when nothing is known to.  Logged at worker

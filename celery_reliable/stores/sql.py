@@ -421,13 +421,8 @@ class SQLStore(SQLDeadLetters, SQLLimits):
         return int(self._read(lambda conn: conn.scalar(query)) or 0)
 
     def prune(self, limit: int = 1000) -> int:
-        """Delete at most ``limit`` expired done keys in one short transaction; returns how many.
-
-        Not part of :class:`Store` (Redis expires keys itself).  Expired rows
-        already count as absent, so this only reclaims space: run it
-        periodically, again while it returns ``limit``.  It skips rows being
-        claimed (``SKIP LOCKED``) rather than wait for them.
-        """
+        """Delete at most ``limit`` expired done keys in one short transaction; returns how
+        many.  It skips rows being claimed (``SKIP LOCKED``) rather than wait for them."""
         k = self.schema.keys
 
         def work(conn: Connection) -> int:

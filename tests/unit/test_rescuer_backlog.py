@@ -1,9 +1,10 @@
-"""The sweeping worker keeps up with a backlog: lost records, expired task states.
+"""The sweeping worker keeps up with a backlog: lost records, expired states and keys.
 
 It once took one batch per sweep: 500 records per 5 s interval (a Redis broker
 restarted empty with 100,000 tasks queued took 17 minutes to rescue), and 1,000
 expired task states a minute (an app finishing more than 17 tasks/s grew its SQL
-state store without bound).
+state store without bound); and nothing forgot a SQL store's expired completed
+keys at all.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
+from sqlalchemy import func, select
 
 from celery_reliable import ReliableTask
-from celery_reliable.runtime import runtime
+from celery_reliable.runtime import reset, runtime
 from celery_reliable.states import State, Transition, state_store
 from celery_reliable.stores.base import SweepPolicy
 from celery_reliable.stores.memory import MemoryStore
+from celery_reliable.stores.sql import SQLStore
 from celery_reliable.worker import rescue
 from celery_reliable.worker.rescue import Rescuer
 
@@ -46,10 +50,10 @@ def rescuer(app: Celery) -> Rescuer:
 
 def test_one_prune_forgets_every_batch_that_is_due(app: Celery, rescuer: Rescuer) -> None:
     tasks = expired_tasks(app, 2 * rescue.PRUNE_BATCH + 500)
-    rescuer._prune_states()
+    rescuer._prune()
     assert [state_store(app).current(t) for t in tasks] == [None] * len(tasks)
-    assert runtime(app).counters["state_prune_behind"] == 0
-    rescuer._prune_states()  # not due again yet: nothing happens, nothing fails
+    assert runtime(app).counters["prune_behind"] == 0
+    rescuer._prune()  # not due again yet: nothing happens, nothing fails
 
 
 def test_a_prune_that_runs_out_of_time_stops_and_says_it_is_behind(
@@ -60,10 +64,10 @@ def test_a_prune_that_runs_out_of_time_stops_and_says_it_is_behind(
     monkeypatch.setattr(rescue, "PRUNE_BUDGET", 0.0)
     tasks = expired_tasks(app, 350)
     with caplog.at_level(logging.WARNING, logger="celery_reliable.rescue"):
-        rescuer._prune_states()
+        rescuer._prune()
     left = sum(state_store(app).current(t) is not None for t in tasks)
     assert left == 250  # one batch, then the budget was spent
-    assert runtime(app).counters["state_prune_behind"] == 1
+    assert runtime(app).counters["prune_behind"] == 1
     assert any("faster than they are pruned" in r.getMessage() for r in caplog.records)
 
 
@@ -113,3 +117,33 @@ def test_a_sweep_out_of_time_with_records_due_is_followed_at_once(app: Celery) -
     assert sweeper.backlog  # a full last batch: one more look
     assert sweeper.sweep_once() == 0
     assert not sweeper.backlog
+
+
+def test_a_sql_store_forgets_expired_completed_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rescue, "PRUNE_BATCH", 100)
+    app = Celery(f"prune{uuid.uuid4().hex[:6]}", broker="memory://", set_as_current=False)
+    app.conf.update(reliable_store_url=f"sqlite:///{tmp_path}/store.db", reliable_retention=1,
+                    reliable_state_enabled=False)
+
+    @app.task(base=ReliableTask, shared=False, name="shop.receipt", idempotency_key="r:{n}")
+    def receipt(n: int) -> int:
+        return n
+
+    try:
+        store = runtime(app).store
+        assert isinstance(store, SQLStore)
+        store.migrate()
+        for n in range(250):
+            receipt.apply((n,))
+        with store.engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(store.schema.keys)) == 250
+        time.sleep(1.1)  # past the retention
+        sweeper = Rescuer(runtime(app), "test")
+        sweeper._pruned_at = time.monotonic() - rescue.PRUNE_EVERY
+        sweeper._prune()
+        with store.engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(store.schema.keys)) == 0
+    finally:
+        reset(app)
