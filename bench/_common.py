@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from tests.harness import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS = "redis://127.0.0.1:6379"
@@ -137,56 +138,6 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str,
         time.sleep(interval)
 
 
-class WorkerProcess:
-    """``celery -A <app> worker`` in its own process group (pool children die with it)."""
-
-    def __init__(self, app: str, env: Mapping[str, str], queue: str, log: Path,
-                 pool: str = "solo", concurrency: int = 1, loglevel: str = "WARNING") -> None:
-        self.log = log
-        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        self.cmd = [
-            sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool,
-            "-c", str(concurrency), "-n", f"{tag('bench')}@%h", "--loglevel", loglevel,
-            "--without-mingle", "--without-gossip", "-Q", queue,
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=ROOT,
-                                         start_new_session=True)
-        return self
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) used so far by the worker and its pool children."""
-        if self.proc is None:
-            return 0.0
-        ticks = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue  # exited meanwhile
-            if int(fields[2]) == self.proc.pid:  # process group: the worker's session
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-
 class Drainer:
     """A worker kept running on a Redis broker; ``drain`` hands it a staged batch at once."""
 
@@ -194,7 +145,8 @@ class Drainer:
                  pool: str, concurrency: int, loglevel: str) -> None:
         self.env, self.queue = dict(env), queue
         self.broker = redis.Redis.from_url(broker_url)
-        self.worker = WorkerProcess(app, env, queue, log, pool, concurrency, loglevel)
+        self.worker = Worker(env, log.parent, pool, concurrency, app=app, queue=queue,
+                             loglevel=loglevel, log=log)
 
     def left(self) -> tuple[int, int]:
         """Messages in the queue, and unacknowledged ones (kombu's ``unacked`` hash)."""

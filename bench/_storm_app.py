@@ -1,3 +1,4 @@
+# mypy: disable-error-code="untyped-decorator"
 """The app of bench/retry_storm.py: one task whose dependency is always down.
 
 Each run is counted per wall-clock second and per kind (first attempt or

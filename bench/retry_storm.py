@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import redis
-from _common import REDIS, WorkerProcess, delete_matching, dump_json, machine, table, tag
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import REDIS, delete_matching, dump_json, machine, table, tag
+from tests.harness import Worker
 
 
 def main() -> None:
@@ -47,15 +52,15 @@ def main() -> None:
     counter = redis.Redis.from_url(REDIS + "/11", decode_responses=True)
     logs = Path(tempfile.mkdtemp(prefix="storm-"))
     workers = [
-        WorkerProcess("bench._storm_app", env, run, logs / f"w{i}.log", pool="prefork",
-                      concurrency=2)
+        Worker(env, logs, "prefork", 2, app="bench._storm_app", queue=run,
+               loglevel="WARNING", log=logs / f"w{i}.log")
         for i in range(args.workers)
     ]
     for n in range(args.tasks):
         _storm_app.call.delay(n)
     try:
         for worker in workers:
-            worker.start()
+            worker.start(ready_timeout=None)
         time.sleep(args.seconds)
     finally:
         for worker in workers:

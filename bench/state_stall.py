@@ -91,7 +91,7 @@ def run(sizes: list[str], n: int, rounds: int) -> dict[str, Any]:
                    "BENCH_STATE_BATCH": batch_size, "BENCH_SCRIPT_ROWS": rows}
             workers[size] = Drainer("bench._tput_app", env, broker_url, queue,
                                     logdir / f"{queue}.log", "solo", 1, "WARNING")
-            workers[size].worker.start()
+            workers[size].worker.start(ready_timeout=None)
             producers[size] = build({**os.environ, **env, "BENCH_QUEUE": f"{queue}-stage"})
         counter = 0
         with Probe(f"{REDIS}/0") as probe:

@@ -94,20 +94,29 @@ def publish(producers: dict[str, Celery], first: int, n: int, chunk: int
     return ({k: n / v for k, v in wall.items()}, {k: v / n for k, v in cpu.items()}, last)
 
 
-def finished(env: dict[str, str], n: int) -> Callable[[], bool] | None:
-    """The variant's proof that task n ran: its key is done (plain leaves no trace)."""
-    if env["BENCH_VARIANT"].startswith("ours"):
-        store = open_store(env["BENCH_STORE_URL"], prefix=env["BENCH_PREFIX"])
+class Proofs:
+    """A variant's proof that its task n ran: its key is done (plain leaves no trace).
+    One store and one client for the whole run; :meth:`close` at the end."""
 
-        def key_done() -> bool:
-            state = store.get_key(f"b:{n}")
-            return state is not None and state.state == "done"
+    def __init__(self, env: dict[str, str]) -> None:
+        self.prefix = env["BENCH_PREFIX"]
+        self.store = open_store(env["BENCH_STORE_URL"], prefix=self.prefix)
+        self.client = redis.Redis.from_url(env["BENCH_DEDUPE_URL"])
 
-        return key_done
-    if env["BENCH_VARIANT"] == "hand":
-        client = redis.Redis.from_url(env["BENCH_DEDUPE_URL"])
-        return lambda: bool(client.exists(f"{env['BENCH_PREFIX']}:done:{n}"))
-    return None
+    def of(self, variant: str, n: int) -> Callable[[], bool] | None:
+        if variant.startswith("ours"):
+            def key_done() -> bool:
+                state = self.store.get_key(f"b:{n}")
+                return state is not None and state.state == "done"
+
+            return key_done
+        if variant == "hand":
+            return lambda: bool(self.client.exists(f"{self.prefix}:done:{n}"))
+        return None
+
+    def close(self) -> None:
+        self.store.close()
+        self.client.close()
 
 
 def rotated(items: Sequence[T], r: int) -> list[T]:
@@ -138,6 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       for name, extra in PUBLISH_ONLY.items()})
     logdir = Path(tempfile.mkdtemp(prefix="bench-tput-"))
     counter, drainers = 0, []
+    proofs = Proofs(env0)
     try:
         for pool in args.pools.split(","):
             concurrency = args.concurrency if pool == "prefork" else 1
@@ -146,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 env0["BENCH_BROKER_URL"], q, logdir / f"{q}.log", pool,
                                 concurrency, args.loglevel) for v, q in queues.items()]
             for d in drainers:
-                d.worker.start()
+                d.worker.start(ready_timeout=None)  # warmed up below
             # a first small batch: workers up, connections open, scripts loaded
             counter = max(publish(producers, counter, WARMUP, WARMUP)[2].values()) + 1
             for d in drainers:
@@ -162,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for d in rotated(drainers, r):
                     v = d.env["BENCH_VARIANT"]
                     rate, busy, stolen, own = d.drain(
-                        f"{run_tag}-stage-{v}", args.n, 60 + args.n / 20, finished(d.env, last[v])
+                        f"{run_tag}-stage-{v}", args.n, 60 + args.n / 20, proofs.of(v, last[v])
                     )
                     add(res, rate, "drain", pool, v)
                     add(res, busy, "cpu_busy_during_drain", pool, v)
@@ -174,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for d in drainers:
                 d.worker.stop()
     finally:
+        proofs.close()
         for d in drainers:
             d.worker.stop()
         for app in producers.values():

@@ -30,28 +30,34 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 class Worker:
+    """``celery -A <app> worker`` in its own process group (tests and bench/ scripts)."""
+
     def __init__(
         self, env: Mapping[str, str], log_dir: Path, pool: str = "solo", concurrency: int = 1,
-        app: str = "tests.apps.shop", events: bool = False,
+        app: str = "tests.apps.shop", events: bool = False, queue: str | None = None,
+        loglevel: str = "INFO", log: Path | None = None,
     ) -> None:
         self.name = f"w{uuid.uuid4().hex[:6]}"
-        self.log = log_dir / f"{self.name}.log"
+        self.log = log or log_dir / f"{self.name}.log"
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
         self.cmd = [
             sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool,
-            "-c", str(concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO",
-            "--without-mingle", "--without-gossip", "-Q", env.get("TEST_QUEUE", "celery"),
-            *(["-E"] if events else []),
+            "-c", str(concurrency), "-n", f"{self.name}@%h", "--loglevel", loglevel,
+            "--without-mingle", "--without-gossip",
+            "-Q", queue or env.get("TEST_QUEUE", "celery"), *(["-E"] if events else []),
         ]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout: float = 30) -> Worker:
+    def start(self, ready_timeout: float | None = 30) -> Worker:
+        """Start it and wait for its "ready" line (logged at INFO; ``None``: do not wait)."""
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                 start_new_session=True,
             )
-        wait_for(self._ready, ready_timeout, f"worker {self.name} to start (log: {self.log})")
+        if ready_timeout is not None:
+            wait_for(self._ready, ready_timeout,
+                     f"worker {self.name} to start (log: {self.log})")
         return self
 
     def _ready(self) -> bool:
@@ -82,6 +88,24 @@ class Worker:
 
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited:\n{self.output()[-3000:]}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the worker and its pool children."""
+        if self.proc is None:
+            return 0.0
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # exited meanwhile
+            if int(fields[2]) == self.proc.pid:  # process group: the worker's session
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
