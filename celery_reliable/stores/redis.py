@@ -83,9 +83,9 @@ def redis_risks(
     if maxmemory and policy != "noeviction":
         found.append(
             f"Redis store {url} may evict keys (maxmemory {maxmemory} bytes, "
-            f"maxmemory-policy {policy}): every key of the store expires some day, so "
-            "under memory pressure completed keys, leases and task records can be "
-            "dropped, and then a duplicate runs or a lost task is not rescued. Set "
+            f"maxmemory-policy {policy}): completed keys, leases and task records all "
+            "carry a TTL, so under memory pressure they can be dropped, and then a "
+            "duplicate runs or a lost task is not rescued. Set "
             "maxmemory-policy noeviction (writes then fail loudly when it is full), or "
             "give the store a Redis of its own"
         )
@@ -583,8 +583,8 @@ class RedisStore(Store):
 
     @_guarded
     def risks(self) -> list[str]:
-        """Eviction and persistence: every key of the store has a TTL, so any eviction
-        policy may drop completed keys, leases and task records under memory pressure;
+        """Eviction and persistence: completed keys, leases and task records carry a TTL,
+        so any eviction policy may drop them under memory pressure;
         and a Redis that does not persist forgets them all when it restarts.  Managed
         services that refuse ``CONFIG`` are taken to persist (they replicate)."""
         memory = self.client.info("memory")
