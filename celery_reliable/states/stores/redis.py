@@ -1,9 +1,10 @@
-"""Redis state store: one Lua script per write, one round trip per ``record()``.
+"""Redis state store: Lua scripts of about 25 transitions, one round trip each.
 
 Layout, for prefix ``reliable`` and shard ``S`` (crc32 of the task id modulo
 ``reliable_redis_shards``); times are microseconds, so scores are exact::
 
-    {reliable:st:S}:c:<task_id>  current state (hash: state, since, name, key, attempt, worker)
+    {reliable:st:S}:c:<task_id>  current state (hash: state, since, name, key, attempt, worker,
+                                 w0: the task's first worker)
     {reliable:st:S}:h:<task_id>  history: sorted set of entries scored by time (see _entry)
     {reliable:st:S}:i:<STATE>    tasks in that state, scored by when they entered it
                                  (unfinished states only: see below)
@@ -17,7 +18,7 @@ task of the retention period.  :meth:`prune` removes the index entries of
 unfinished tasks that expired (run it periodically: the rescuer does).  "Stuck"
 is a ZRANGEBYSCORE on the state indexes.  Everything one script touches shares
 the shard's hash tag, so the store works on Redis Cluster; a batch spanning
-shards is one pipeline.
+shards is a script per shard.
 """
 
 from __future__ import annotations
