@@ -30,6 +30,7 @@ import itertools
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +58,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     marks: dict[str, float] = {}
     send, judge = redis_calls.ScriptCaller.send, task_module.ReliableTask._judge
 
-    def timed_send(self: Any, *a: Any, **kw: Any) -> Any:
-        marks["send"] = time.perf_counter()
-        try:
-            return send(self, *a, **kw)
-        finally:
-            marks["sent"] = time.perf_counter()
+    def timed(method: Callable[..., Any], start: str, end: str) -> Callable[..., Any]:
+        """``method``, reading the clock into ``marks`` before and after it."""
+        def wrapper(self: Any, *a: Any, **kw: Any) -> Any:
+            marks[start] = time.perf_counter()
+            try:
+                return method(self, *a, **kw)
+            finally:
+                marks[end] = time.perf_counter()
 
-    def timed_judge(self: Any, *a: Any, **kw: Any) -> Any:
-        marks["gate"] = time.perf_counter()
-        try:
-            return judge(self, *a, **kw)
-        finally:
-            marks["judged"] = time.perf_counter()
+        return wrapper
 
-    redis_calls.ScriptCaller.send = timed_send  # type: ignore[method-assign]
-    task_module.ReliableTask._judge = timed_judge  # type: ignore[method-assign]
+    redis_calls.ScriptCaller.send = timed(send, "send", "sent")  # type: ignore[method-assign]
+    task_module.ReliableTask._judge = timed(  # type: ignore[method-assign]
+        judge, "gate", "judged")
     stages: list[list[float]] = [[] for _ in STAGES]
     plain_us: list[float] = []
     try:
