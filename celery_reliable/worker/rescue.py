@@ -112,7 +112,7 @@ class Rescuer:
             handled += len(taken)
             # Out of time with a full batch: more are due, the next sweep starts at once.
             self.backlog = len(taken) >= self.policy.limit
-            if not self.backlog or time.monotonic() - started >= interval:
+            if not self.backlog or self._stop.is_set() or time.monotonic() - started >= interval:
                 break
         self._prune()
         return handled
