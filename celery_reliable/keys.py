@@ -20,6 +20,7 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from kombu.utils.json import JSONEncoder
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
@@ -29,6 +30,10 @@ KeySource = str | Callable[..., str] | None
 
 MAX_KEY_LENGTH = 512
 _FORMATTER = string.Formatter()
+#: What ``kombu_dumps(..., sort_keys=True, separators=(",", ":"))`` builds on every call,
+#: built once (an encoder keeps no state between calls): the text, and so every key and
+#: fingerprint ever stored, stays the same.
+_CANONICAL = JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def bind_arguments(
@@ -99,13 +104,13 @@ def _signature(fun: Callable[..., Any]) -> inspect.Signature | None:
 def canonical(arguments: Mapping[str, Any]) -> str:
     """Deterministic text of bound arguments (kombu's JSON handles dates, UUIDs, decimals)."""
     try:
-        text = kombu_dumps(arguments, sort_keys=True, separators=(",", ":"))
+        text = _CANONICAL.encode(arguments)
     except (TypeError, ValueError) as exc:
         raise UnpersistableTask(
             f"the arguments cannot be serialized to derive an idempotency key ({exc}); pass "
             "plain data (ids, strings, numbers) instead of objects"
         ) from None
-    return text if isinstance(text, str) else text.decode()
+    return text
 
 
 def fingerprint(arguments: Mapping[str, Any]) -> str:

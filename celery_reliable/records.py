@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery
 from kombu import serialization
 from kombu.exceptions import ContentDisallowed, DecodeError, EncodeError
-from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import JSONEncoder
 
 from celery_reliable.errors import UnpersistableTask
 from celery_reliable.stores.base import TaskRecord
@@ -35,6 +35,9 @@ _LOCAL_OPTIONS = frozenset(
 )
 #: the content encoding of a body kept as base64 text (a binary serializer's output)
 BINARY = "base64"
+#: kombu's JSON (dates, UUIDs, decimals) with sorted keys, built once: this runs on
+#: every publish
+_OPTIONS_JSON = JSONEncoder(sort_keys=True)
 
 
 def utcnow() -> datetime:
@@ -88,7 +91,7 @@ def encode(
     if expires is not None:
         kept["expires"] = expires.isoformat()
     try:
-        options_text = kombu_dumps(kept, sort_keys=True)
+        options_text = _OPTIONS_JSON.encode(kept)
     except (TypeError, ValueError) as exc:
         raise UnpersistableTask(
             f"{name}: a publish option cannot be stored ({exc}); options were {sorted(kept)}"
@@ -101,7 +104,7 @@ def encode(
         body=body,
         content_type=content_type,
         content_encoding=encoding,
-        options=options_text if isinstance(options_text, str) else options_text.decode(),
+        options=options_text,
     )
     delay = max(0.0, (eta - now).total_seconds()) if eta else 0.0
     return record, delay

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -57,6 +58,21 @@ def test_rich_argument_types_have_a_canonical_form() -> None:
     assert keys.fingerprint({"at": when, "amount": Decimal("9.99")}) == keys.fingerprint(
         {"amount": Decimal("9.99"), "at": when}
     )
+
+
+def test_canonical_text_is_what_it_always_was() -> None:
+    """Keys and fingerprints already stored must keep matching: the text is kombu's
+    JSON with sorted keys and no spaces, byte for byte, whatever builds it."""
+    from kombu.utils.json import dumps as kombu_dumps
+
+    arguments = {
+        "when": datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=timezone.utc), "id": uuid.UUID(int=7),
+        "amount": Decimal("9.99"), "text": "naïve ✓ \"quoted\"", "none": None,
+        "nested": {"b": [1, 2.5, True], "a": {"z": b"raw"}}, "big": 2**70,
+    }
+    expected = kombu_dumps(arguments, sort_keys=True, separators=(",", ":"))
+    assert keys.canonical(arguments) == expected
+    assert keys.fingerprint({"order_id": 42}) == "2ba2950dab99043d"  # pinned: never changes
 
 
 def test_template_naming_a_missing_argument_is_a_clear_error() -> None:
