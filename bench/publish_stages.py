@@ -38,7 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
 
-from bench._common import REDIS, command_line, delete_matching, emit, machine, table, tag
+from bench._common import (
+    REDIS,
+    cleanup_broker,
+    command_line,
+    delete_matching,
+    emit,
+    machine,
+    table,
+    tag,
+)
 from bench._tput_app import build, task
 from celery_reliable import task as task_module
 from celery_reliable.runtime import reset
@@ -93,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         task_module.ReliableTask._judge = judge  # type: ignore[method-assign]
         reset(ours_app)
         delete_matching(redis.Redis.from_url(f"{REDIS}/{args.store_db}"), f"{{{run_tag}*")
-        redis.Redis.from_url(f"{REDIS}/{args.broker_db}").delete(run_tag)
+        cleanup_broker(redis.Redis.from_url(f"{REDIS}/{args.broker_db}"), run_tag)
     return {"machine": machine(), "n": args.n, "plain_us": plain_us,
             "stages_us": dict(zip(STAGES, stages, strict=True))}
 

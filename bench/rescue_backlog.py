@@ -29,7 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
 
-from bench._common import REDIS, command_line, delete_matching, emit, machine, table, tag
+from bench._common import (
+    REDIS,
+    cleanup_broker,
+    command_line,
+    delete_matching,
+    emit,
+    machine,
+    table,
+    tag,
+)
 from bench._tput_app import build, task
 from celery_reliable.runtime import reset, runtime
 from celery_reliable.worker.rescue import Rescuer
@@ -62,7 +71,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
     finally:
         reset(app)
-        broker.delete(run_tag)
+        cleanup_broker(broker, run_tag)
         delete_matching(redis.Redis.from_url(store_url), f"{{{run_tag}*")
     per_interval = settings.rescue_batch / settings.rescue_interval
     return {"machine": machine(), "tasks": args.tasks, "publish_s": published,
