@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import re
 import time
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -224,6 +225,8 @@ def _fields(t: Transition) -> list[str]:
     ]
 
 
+#: An id as ``new_id`` makes it: 32 lowercase hex digits (it is written back so).
+_NEW_ID = re.compile(r"[0-9a-f]{32}")
 #: A state in history entries: the first three letters of its name (unique; checked).
 _CODE = {state: state.value[:3] for state in State}
 _OF_CODE = {code: state for state, code in _CODE.items()}
@@ -254,8 +257,7 @@ def _entry(t: Transition, at: int) -> str:
     once, in field ``w0`` of the current-state hash).  A success path entry is
     about 20 bytes, whatever the worker's name.
     """
-    prefix = f"{at:014x}"
-    if len(t.id) == 32 and t.id.startswith(prefix) and _is_hex(t.id):
+    if _NEW_ID.fullmatch(t.id) and t.id.startswith(f"{at:014x}"):
         ident = base64.urlsafe_b64encode(bytes.fromhex(t.id[14:])).decode()
     elif "|" in t.id:
         raise ValueError(f"a transition id may not contain '|': {t.id!r}")
@@ -266,14 +268,6 @@ def _entry(t: Transition, at: int) -> str:
         error = json.dumps([t.error_type or "", t.error_message or "", t.detail_json() or ""],
                            separators=(",", ":")).replace("|", "\\u007c")
     return f"{_CODE[t.state]}|{t.attempt}|{ident}|{error}|"
-
-
-def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
 
 
 def _state(value: str) -> State | None:
