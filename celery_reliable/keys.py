@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kombu.utils.json import JSONEncoder
-from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
 from celery_reliable.errors import IdempotencyKeyError, UnpersistableTask
@@ -34,6 +33,8 @@ _FORMATTER = string.Formatter()
 #: built once (an encoder keeps no state between calls): the text, and so every key and
 #: fingerprint ever stored, stays the same.
 _CANONICAL = JSONEncoder(sort_keys=True, separators=(",", ":"))
+#: The same for kept results (every completion of a task that returns something).
+_COMPACT = JSONEncoder(separators=(",", ":"))
 
 
 def bind_arguments(
@@ -206,10 +207,9 @@ def encode_result(result: Any, max_bytes: int) -> str | None:
     if result is None:  # the common case, on every completion
         return "null"
     try:
-        text = kombu_dumps(result, separators=(",", ":"))
+        text = _COMPACT.encode(result)
     except (TypeError, ValueError):
         return None
-    text = text if isinstance(text, str) else text.decode()
     return text if len(text.encode()) <= max_bytes else None
 
 

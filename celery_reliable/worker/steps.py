@@ -67,7 +67,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
 def _risks(rt: Runtime) -> list[str]:
     try:
-        return list(rt.store.risks())
+        return rt.store.risks()
     except StoreError as exc:  # the start goes on: the tasks are guarded by the claim
         logger.warning("celery_reliable: could not read the store's settings: %s", exc)
         return []
