@@ -27,8 +27,11 @@ import enum
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from celery_reliable.errors import StoreError
+
+T = TypeVar("T")
 
 
 class ClaimStatus(str, enum.Enum):
@@ -279,14 +282,19 @@ Answer = Callable[[], PublishOutcome]
 gives the outcome or raises the :class:`StoreError` the call met."""
 
 
-def answered(call: Callable[[], PublishOutcome]) -> Answer:
-    """An :data:`Answer` made now: the outcome of ``call``, or the store error it raised."""
+ClaimAnswer = Callable[[], Claim]
+"""What :meth:`Store.claim_soon` returns: called, it gives the :class:`Claim` or raises
+the :class:`StoreError` the call met."""
+
+
+def answered(call: Callable[[], T]) -> Callable[[], T]:
+    """An answer made now: what ``call`` returned, or the store error it raised."""
     try:
         outcome = call()
     except StoreError as exc:
         error = exc
 
-        def failed() -> PublishOutcome:
+        def failed() -> T:
             raise error
 
         return failed
@@ -350,6 +358,18 @@ class Store(abc.ABC):
         and its deadline to the lease expiry.  On DONE the record of this copy
         is deleted: nothing is left to rescue.
         """
+
+    def claim_soon(
+        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
+    ) -> ClaimAnswer:
+        """:meth:`claim`, answered when the returned function is called.
+
+        Why: a solo worker claims a task when its message arrives and asks for the
+        answer when the body is about to run, so Celery's own preparation overlaps
+        the round trip (``worker/claim_ahead.py``).  The Redis store writes the call
+        here and reads the reply when asked; other stores claim here.
+        """
+        return answered(lambda: self.claim(key, fingerprint, task_id, owner, lease, max_lost))
 
     @abc.abstractmethod
     def heartbeat(self, leases: Sequence[Lease], lease: float) -> list[bool]:

@@ -109,9 +109,11 @@ def claim(
         lost = current.lost
         if current.state == "dead":
             return ClaimDecision(Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost))
-        if current.state == "running":
+        if current.state == "running" and current.owner != owner:
+            # (An owner names one execution: the same owner is this very claim made
+            # again, its first answer lost with the connection; it keeps its lease.)
             left = (current.lease_until or 0) - now
-            if left > 0 and current.owner != owner:
+            if left > 0:
                 busy = Claim(ClaimStatus.BUSY, current.task_id, lost=lost, lease_left=left)
                 return ClaimDecision(busy)
             lost += 1

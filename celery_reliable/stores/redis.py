@@ -39,6 +39,7 @@ from celery_reliable.stores.base import (
     Answer,
     BreakerCheck,
     Claim,
+    ClaimAnswer,
     ClaimStatus,
     Completion,
     DeadLetter,
@@ -204,27 +205,49 @@ class RedisStore(Store):
         return PublishOutcome(PublishStatus(status), _expand(task_id))
 
     def publish_soon(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> Answer:
+        own = record.task_id
+
+        def outcome(reply: Any, again: bool) -> PublishOutcome:
+            status, task_id = reply[0], _expand(reply[1])
+            if again and status == PublishStatus.IN_FLIGHT.value and task_id == own:
+                # The first reply was lost with the connection and the call made again:
+                # the second call found the key queued for this very task (the first
+                # one ran).  That is this publish's own record, not a duplicate.
+                status = PublishStatus.NEW.value
+            return PublishOutcome(PublishStatus(status), task_id)
+
         return self._soon(
             "publish", *self._publish_call(record, deadline_in, dedupe),
-            lambda: self.publish(record, deadline_in, dedupe), record.task_id,
+            lambda: self.publish(record, deadline_in, dedupe), outcome,
         )
 
     def lookup_soon(self, key: str, fingerprint: str) -> Answer:
         return self._soon(
             "lookup", [self._names(key, "")[0]], [fingerprint],
             lambda: self.lookup(key, fingerprint),
+            lambda reply, again: PublishOutcome(PublishStatus(reply[0]), _expand(reply[1])),
+        )
+
+    def claim_soon(
+        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
+    ) -> ClaimAnswer:
+        # A claim made again after a lost reply finds the key running for this owner,
+        # and answers "claimed" (see claim.lua): ``again`` changes nothing.
+        return self._soon(
+            "claim", *self._claim_call(key, fingerprint, task_id, owner, lease, max_lost),
+            lambda: self.claim(key, fingerprint, task_id, owner, lease, max_lost),
+            lambda reply, again: _claim(reply),
         )
 
     def _soon(
-        self, name: str, keys: Sequence[str], args: Sequence[Any],
-        now: Callable[[], PublishOutcome], own_task_id: str | None = None,
-    ) -> Answer:
-        """Write a publish-side call and return the function that reads its reply.
+        self, name: str, keys: Sequence[str], args: Sequence[Any], now: Callable[[], T],
+        decode: Callable[[Any, bool], T],
+    ) -> Callable[[], T]:
+        """Write a call and return the function that reads its reply.
 
-        ``own_task_id``: the task a publish persists.  When its first reply was lost
-        with the connection and the call was made again, the second call finds the
-        key queued for this very task (the first one ran): that is the publish's own
-        record, not a duplicate.
+        ``now``: the same call made the ordinary way, when this one cannot even be
+        written; ``decode(reply, again)``: the answer of a reply (``again``: the
+        first reply was lost with the connection and the call made a second time).
         """
         replies: list[tuple[Any, BaseException | None, bool]] = []
         try:
@@ -235,7 +258,7 @@ class RedisStore(Store):
         except (redis.ConnectionError, redis.TimeoutError):
             return answered(now)  # not written: call now, through redis-py's retries
 
-        def answer() -> PublishOutcome:
+        def answer() -> T:
             if not replies:
                 self.drain()
             if not replies:
@@ -243,10 +266,7 @@ class RedisStore(Store):
             reply, error, again = replies[0]
             if error is not None:
                 raise self._store_error(error)
-            status, task_id = reply[0], _expand(reply[1])
-            if again and status == PublishStatus.IN_FLIGHT.value and task_id == own_task_id:
-                status = PublishStatus.NEW.value
-            return PublishOutcome(PublishStatus(status), task_id)
+            return decode(reply, again)
 
         return answer
 
@@ -255,16 +275,18 @@ class RedisStore(Store):
     def claim(
         self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
     ) -> Claim:
+        return _claim(
+            self._run("claim", *self._claim_call(key, fingerprint, task_id, owner, lease,
+                                                 max_lost))
+        )
+
+    def _claim_call(
+        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
+    ) -> tuple[list[str], list[Any]]:
         state, record, due = self._names(key, task_id)
-        status, holder, result, lost, left = self._run(
-            "claim",
-            [state, record, due, f"{self._tag(key)}:d:{task_id}"],
-            [fingerprint, task_id, owner, _ms(lease), max_lost, STALE_TTL_MS],
-        )
-        return Claim(
-            ClaimStatus(status), _expand(holder), _result(status, result), int(lost),
-            int(left) / 1000,
-        )
+        return [state, record, due, f"{self._tag(key)}:d:{task_id}"], [
+            fingerprint, task_id, owner, _ms(lease), max_lost, STALE_TTL_MS
+        ]
 
     @_guarded
     def heartbeat(self, leases: Sequence[Lease], lease: float) -> list[bool]:
@@ -624,6 +646,14 @@ def _expand(task_id: str | None) -> str | None:
     if task_id.startswith("!") and len(task_id) == 33:
         return str(uuid.UUID(task_id[1:]))
     return task_id
+
+
+def _claim(reply: Sequence[Any]) -> Claim:
+    status, holder, result, lost, left = reply
+    return Claim(
+        ClaimStatus(status), _expand(holder), _result(status, result), int(lost),
+        int(left) / 1000,
+    )
 
 
 def _result(status: str, packed: str | None) -> str | None:

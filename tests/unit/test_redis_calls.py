@@ -207,6 +207,36 @@ def test_a_publish_made_again_after_a_lost_reply_finds_its_own_record(
     assert (outcome.status, outcome.task_id) == (PublishStatus.NEW, mine.task_id)
 
 
+def test_a_claim_made_again_after_a_lost_reply_is_still_a_first_claim(
+    client: redis.Redis,
+) -> None:
+    import time
+
+    from celery_reliable.stores.base import ClaimStatus
+
+    store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
+    task_id, fp = str(uuid.uuid4()), "0123456789abcdef"
+    answer = store.claim_soon("k", fp, task_id, "me", 30, 3)
+    for _ in range(100):  # the server ran it ...
+        state = store.get_key("k")
+        if state is not None and state.state == "running":
+            break
+        time.sleep(0.01)
+    connection = store._caller._held().connection
+    read = connection.read_response
+
+    def lost(*args: object, **kwargs: object) -> object:  # ... and its reply is lost
+        connection.read_response = read
+        connection.disconnect()
+        raise redis.ConnectionError("connection lost")
+
+    connection.read_response = lost
+    claim = answer()  # made again: the key runs for this very owner
+    assert (claim.status, claim.lost) == (ClaimStatus.CLAIMED, 0)
+    state = store.get_key("k")
+    assert state is not None and state.owner == "me" and state.lost == 0
+
+
 def test_many_calls_go_in_one_round_trip_and_survive_a_forgotten_script(
     client: redis.Redis,
 ) -> None:

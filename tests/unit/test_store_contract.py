@@ -130,8 +130,26 @@ def test_a_heartbeat_never_pulls_a_republished_retry_forward(any_store: Store) -
 
 
 def test_same_owner_reclaims(any_store: Store) -> None:
+    # An owner names one execution: its claim made again (the first reply was lost
+    # with the connection) is the same claim, not a lost attempt.
     assert any_store.claim("k", FP, "t1", "a", 30, max_lost=3).runs
-    assert any_store.claim("k", FP, "t1", "a", 30, max_lost=3).runs
+    again = any_store.claim("k", FP, "t1", "a", 30, max_lost=3)
+    assert again.status is ClaimStatus.CLAIMED
+    assert again.lost == 0
+    state = any_store.get_key("k")
+    assert state is not None and state.owner == "a" and state.lost == 0
+
+
+def test_claim_soon_answers_as_claim_does(any_store: Store) -> None:
+    first = any_store.claim_soon("k", FP, "t1", "a", 30, max_lost=3)
+    second = any_store.claim_soon("k", FP, "t2", "b", 30, max_lost=3)
+    conflict = any_store.claim_soon("k", "0" * 16, "t3", "c", 30, max_lost=3)
+    assert second().status is ClaimStatus.BUSY  # answers may be asked for in any order
+    assert first().status is ClaimStatus.CLAIMED
+    assert conflict().status is ClaimStatus.CONFLICT
+    assert any_store.complete("k", FP, "a", "t1", "7", retention=60)
+    done = any_store.claim_soon("k", FP, "t4", "d", 30, max_lost=3)()
+    assert done.status is ClaimStatus.DONE and done.task_id == "t1" and done.result == "7"
 
 
 def test_fingerprint_conflict(any_store: Store) -> None:

@@ -28,9 +28,10 @@ if cur then
   end
   lost = tonumber(cur[6]) or 0
   if cur[1] == 'X' then return {'lost_too_often', cur[3], '', lost, 0} end
-  if cur[1] == 'R' then
+  -- the same owner is this very claim made again (its first reply was lost)
+  if cur[1] == 'R' and cur[4] ~= ARGV[3] then
     local left = tonumber(cur[5]) - now
-    if left > 0 and cur[4] ~= ARGV[3] then return {'busy', cur[3], '', lost, left} end
+    if left > 0 then return {'busy', cur[3], '', lost, left} end
     lost = lost + 1
     status = 'taken_over'
     if lost >= tonumber(ARGV[5]) then
