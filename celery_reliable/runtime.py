@@ -21,6 +21,7 @@ from celery_reliable.retry.breaker import Breakers
 from celery_reliable.retry.budget import BudgetMeter
 from celery_reliable.settings import Settings, from_conf
 from celery_reliable.stores import Store, open_store
+from celery_reliable.worker.claim_ahead import ClaimAhead
 from celery_reliable.worker.heartbeat import Heartbeat
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class Runtime:
         self._breakers: Breakers | None = None
         self._dlq_publisher: Publisher | None = None
         self._lock = threading.Lock()
+        self.claim_ahead = ClaimAhead(self)
 
     @property
     def store(self) -> Store:

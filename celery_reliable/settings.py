@@ -122,6 +122,13 @@ class Settings:
         _number(1),
         per_task=True,
     )
+    claim_ahead: bool = setting(
+        True,
+        "In a solo-pool worker, send a task's claim when its message arrives and read the "
+        "answer when the body starts, so Celery's own preparation hides the round trip. "
+        "Off: the claim is made when the body starts (as in the other pools).",
+        _bool,
+    )
     persist_on_publish: bool = setting(
         True,
         "Write a durable task record before publishing, so the rescuer can republish what "

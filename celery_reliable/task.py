@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import logging
-import os
 import random
-import socket
 import time
 import types
 import uuid
@@ -66,6 +63,7 @@ from celery_reliable.stores.base import (
     Lease,
     PublishStatus,
 )
+from celery_reliable.worker.owner import owner_token
 
 logger = logging.getLogger("celery_reliable")
 
@@ -374,13 +372,19 @@ class ReliableTask(Task):  # type: ignore[misc]
             headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
         rt = self.reliable
         settings = self.reliable_settings(rt)
-        owner = _owner_token(request.hostname)
+        # A solo worker may have sent the claim when the message arrived
+        # (worker/claim_ahead.py): then only its answer is read here.
+        ahead = rt.claim_ahead.take(request.id, key) if rt.claim_ahead.enabled else None
+        owner = ahead.owner if ahead is not None else owner_token(request.hostname)
         try:
             breaker = self._gate(rt, request, key, owner, settings)
-            claim = rt.store.claim(
-                key, fingerprint, request.id, owner, settings.lease_seconds,
-                settings.max_lost_attempts,
-            )
+            if ahead is not None:
+                claim = ahead.answer()
+            else:
+                claim = rt.store.claim(
+                    key, fingerprint, request.id, owner, settings.lease_seconds,
+                    settings.max_lost_attempts,
+                )
         except StoreError as exc:
             return self._store_down(exc)
         if claim.runs:
@@ -815,23 +819,6 @@ class ReliableTask(Task):  # type: ignore[misc]
             )
             raise Reject(err, requeue=True) from err
         return Retry(exc=exc, when=countdown, sig=signature)
-
-
-_owner_prefix: tuple[int, str] | None = None
-_owner_serial = itertools.count(1)
-
-
-def _owner_token(hostname: str | None) -> str:
-    """A token unique to one execution: host, pid, a per-process random part, a serial.
-
-    Built from a per-process prefix and a counter: this runs for every task.
-    """
-    global _owner_prefix
-    pid = os.getpid()
-    if _owner_prefix is None or _owner_prefix[0] != pid:
-        host = hostname or socket.gethostname()
-        _owner_prefix = (pid, f"{host}:{pid}:{uuid.uuid4().hex[:6]}:")
-    return _owner_prefix[1] + str(next(_owner_serial))
 
 
 def _is_method(source: Any) -> bool:

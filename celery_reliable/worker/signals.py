@@ -5,6 +5,9 @@ body is called: it marks it REVOKED and acknowledges the message.  Without us
 its task record would be rescued again and again.  Here the record becomes a
 dead letter with reason ``expired`` or ``revoked``: visible, and never lost
 silently.
+
+:func:`connect` also hooks ``task_received`` for the claims a solo worker sends as
+messages arrive (``claim_ahead.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import task_revoked, worker_process_shutdown
+from celery.signals import task_received, task_revoked, worker_process_shutdown
 
 from celery_reliable.dlq import routing
 from celery_reliable.dlq.events import send_task_event
@@ -20,6 +23,7 @@ from celery_reliable.errors import ReliableError, StoreError
 from celery_reliable.records import encode
 from celery_reliable.states import State, flush_all, recorder
 from celery_reliable.stores.base import Failure, TaskRecord
+from celery_reliable.worker.claim_ahead import on_task_received
 
 logger = logging.getLogger("celery_reliable")
 
@@ -92,6 +96,9 @@ def connect() -> None:
     """Connect the handlers once per process (signals are process-wide; the handler
     looks the app up from the task, so several apps are fine)."""
     task_revoked.connect(on_task_revoked, dispatch_uid="celery_reliable.task_revoked", weak=False)
+    task_received.connect(
+        on_task_received, dispatch_uid="celery_reliable.claim_ahead", weak=False
+    )
     # Prefork children leave with os._exit, past atexit: flush the recorded states first.
     worker_process_shutdown.connect(
         _flush_states, dispatch_uid="celery_reliable.flush_states", weak=False

@@ -37,6 +37,9 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         apply_default_limits(app, rt.settings, reliable)
         for line in transport.apply_defaults(app, rt.settings, reliable):
             logger.info("celery_reliable: %s", line)
+        rt.claim_ahead.enabled = rt.settings.claim_ahead and _runs_inline(worker)
+        if rt.claim_ahead.enabled:
+            logger.info("celery_reliable: solo pool: claims are sent as messages arrive")
         # Children read it to decide whether to send our custom task events (-E).
         app.conf.worker_send_task_events = bool(getattr(worker, "task_events", False))
         self.rescuer: Rescuer | None = None
@@ -71,6 +74,14 @@ def _risks(rt: Runtime) -> list[str]:
     except StoreError as exc:  # the start goes on: the tasks are guarded by the claim
         logger.warning("celery_reliable: could not read the store's settings: %s", exc)
         return []
+
+
+def _runs_inline(worker: Any) -> bool:
+    """Whether the pool runs a task in the thread that received it (the solo pool)."""
+    from celery.concurrency.solo import TaskPool as SoloPool
+
+    pool = getattr(worker, "pool_cls", None)
+    return isinstance(pool, type) and issubclass(pool, SoloPool)
 
 
 def _is_reliable(task: Any) -> bool:

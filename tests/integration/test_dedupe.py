@@ -27,15 +27,16 @@ def test_same_key_twenty_times_publishes_once(make_shop: Callable[..., Shop], br
     assert shop.counter.get("start", 1) == 1
 
 
-@pytest.mark.parametrize("broker", BROKERS)
+@pytest.mark.parametrize("broker, pool", [(b, "prefork") for b in BROKERS] + [("redis", "solo")])
 def test_twenty_copies_reach_workers_and_run_once(
-    make_shop: Callable[..., Shop], broker: str
+    make_shop: Callable[..., Shop], broker: str, pool: str
 ) -> None:
+    # solo: each copy is claimed as its message arrives (worker/claim_ahead.py)
     shop = make_shop(broker)
     task = shop.task("send_receipt_consumer_dedupe")
     handles = [task.apply_async((2,), {"hold": 0.3}) for _ in range(20)]
     assert len({h.id for h in handles}) == 20  # every copy is its own message
-    with shop.worker(pool="prefork", concurrency=4):
+    with shop.worker(pool=pool, concurrency=4 if pool == "prefork" else 1):
         results = [h.get(timeout=60) for h in handles]
     assert results == [{"order": 2, "key": "receipt:2"}] * 20
     assert shop.counter.get("start", 2) == 1
@@ -91,4 +92,27 @@ def test_per_call_key_travels_in_headers_over_rabbitmq(make_shop: Callable[..., 
     with shop.worker():
         results = [h.get(timeout=30) for h in handles]
     assert results[0]["key"] == key == results[1]["key"]
+    assert shop.counter.get("effect", 3) == 1
+
+
+def test_a_task_with_a_countdown_is_not_claimed_while_it_waits(
+    make_shop: Callable[..., Shop],
+) -> None:
+    # A solo worker claims tasks as their messages arrive, but not one Celery holds
+    # on its timer: until the countdown ends the key stays queued, so nothing looks
+    # running and no lease runs out while it waits.
+    import time
+
+    shop = make_shop("redis")
+    task = shop.task("send_receipt_consumer_dedupe")
+    with shop.worker():
+        handle = task.apply_async((3,), countdown=4)
+        seen = set()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            state = shop.store.get_key("receipt:3")
+            seen.add(state.state if state is not None else None)
+            time.sleep(0.05)
+        assert handle.get(timeout=30) == {"order": 3, "key": "receipt:3"}
+    assert seen == {"queued"}
     assert shop.counter.get("effect", 3) == 1
