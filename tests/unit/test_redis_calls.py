@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -175,34 +176,36 @@ def test_publish_soon_answers_like_publish(client: redis.Redis) -> None:
     assert store.get_record(first.task_id, "k") is not None
 
 
-def test_a_publish_made_again_after_a_lost_reply_finds_its_own_record(
-    client: redis.Redis,
-) -> None:
+def _lose_the_reply_once_it_ran(store: RedisStore, ran: Callable[[], bool]) -> None:
+    """Wait until the server ran the call sent ahead (``ran``), then make its reply
+    lost with the connection when it is read."""
     import time
 
-    from celery_reliable.stores.base import PublishStatus, TaskRecord
-
-    store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
-
-    def record(key: str) -> TaskRecord:
-        return TaskRecord(str(uuid.uuid4()), "t", key, "0123456789abcdef", "[]",
-                          "application/json", "utf-8", "{}")
-
-    mine = record("k")
-    answer = store.publish_soon(mine, 60, dedupe=True)
-    for _ in range(100):  # the server ran it ...
-        if store.get_record(mine.task_id, "k") is not None:
+    for _ in range(100):
+        if ran():
             break
         time.sleep(0.01)
     connection = store._caller._held().connection
     read = connection.read_response
 
-    def lost(*args: object, **kwargs: object) -> object:  # ... and its reply is lost
+    def lost(*args: object, **kwargs: object) -> object:
         connection.read_response = read
         connection.disconnect()
         raise redis.ConnectionError("connection lost")
 
     connection.read_response = lost
+
+
+def test_a_publish_made_again_after_a_lost_reply_finds_its_own_record(
+    client: redis.Redis,
+) -> None:
+    from celery_reliable.stores.base import PublishStatus, TaskRecord
+
+    store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
+    mine = TaskRecord(str(uuid.uuid4()), "t", "k", "0123456789abcdef", "[]",
+                      "application/json", "utf-8", "{}")
+    answer = store.publish_soon(mine, 60, dedupe=True)
+    _lose_the_reply_once_it_ran(store, lambda: store.get_record(mine.task_id, "k") is not None)
     outcome = answer()  # made again: the key is queued for this very task
     assert (outcome.status, outcome.task_id) == (PublishStatus.NEW, mine.task_id)
 
@@ -210,27 +213,16 @@ def test_a_publish_made_again_after_a_lost_reply_finds_its_own_record(
 def test_a_claim_made_again_after_a_lost_reply_is_still_a_first_claim(
     client: redis.Redis,
 ) -> None:
-    import time
-
     from celery_reliable.stores.base import ClaimStatus
 
     store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
-    task_id, fp = str(uuid.uuid4()), "0123456789abcdef"
-    answer = store.claim_soon("k", fp, task_id, "me", 30, 3)
-    for _ in range(100):  # the server ran it ...
+    answer = store.claim_soon("k", "0123456789abcdef", str(uuid.uuid4()), "me", 30, 3)
+
+    def running() -> bool:
         state = store.get_key("k")
-        if state is not None and state.state == "running":
-            break
-        time.sleep(0.01)
-    connection = store._caller._held().connection
-    read = connection.read_response
+        return state is not None and state.state == "running"
 
-    def lost(*args: object, **kwargs: object) -> object:  # ... and its reply is lost
-        connection.read_response = read
-        connection.disconnect()
-        raise redis.ConnectionError("connection lost")
-
-    connection.read_response = lost
+    _lose_the_reply_once_it_ran(store, running)
     claim = answer()  # made again: the key runs for this very owner
     assert (claim.status, claim.lost) == (ClaimStatus.CLAIMED, 0)
     state = store.get_key("k")
