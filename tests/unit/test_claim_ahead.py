@@ -175,3 +175,18 @@ def test_the_first_reply_comes_back_to_the_body(
 )
 def test_only_the_solo_pool_claims_ahead(pool: Any, inline: bool) -> None:
     assert _runs_inline(SimpleNamespace(pool_cls=pool)) is inline
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_the_worker_step_turns_it_on_in_a_solo_worker_unless_the_setting_is_off(
+    app: Celery, setting: bool
+) -> None:
+    from celery_reliable.worker.steps import ReliableWorkerStep
+
+    app.conf.reliable_claim_ahead = setting
+
+    @app.task(base=ReliableTask, shared=False)
+    def noop() -> None: ...
+
+    ReliableWorkerStep(SimpleNamespace(app=app, pool_cls=SoloPool, hostname="w@test"))
+    assert runtime(app).claim_ahead.enabled is setting
