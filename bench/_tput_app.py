@@ -64,6 +64,8 @@ def build(env: Mapping[str, str]) -> Celery:
             reliable_persist_on_publish=env.get("BENCH_PERSIST", "1") == "1",
             reliable_dedupe_on_publish=env.get("BENCH_DEDUPE", "1") == "1",
         )
+        if "BENCH_STATE_URL" in env:  # throughput.py --state-url
+            app.conf.reliable_state_store_url = env["BENCH_STATE_URL"]
         if "BENCH_STATE_BATCH" in env:  # bench/state_stall.py
             app.conf.reliable_state_batch_size = int(env["BENCH_STATE_BATCH"])
         if "BENCH_SCRIPT_ROWS" in env:  # bench/state_stall.py: not a setting, a constant

@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env0 = {"BENCH_BROKER_URL": base + str(args.broker_db), "BENCH_PREFIX": run_tag,
             "BENCH_STORE_URL": base + str(args.store_db),
             "BENCH_DEDUPE_URL": base + str(args.dedupe_db)}
+    if args.state_url:
+        env0["BENCH_STATE_URL"] = args.state_url
     broker = redis.Redis.from_url(env0["BENCH_BROKER_URL"])
     res: dict[str, Any] = {"n": args.n, "rounds": args.rounds, "chunk": args.chunk,
                            "rtt_s": [redis_rtt()], "loadavg_1m": [machine()["loadavg_1m"]]}
@@ -201,6 +203,8 @@ def cleanup(env: dict[str, str], run_tag: str) -> None:
     cleanup_broker(redis.Redis.from_url(env["BENCH_BROKER_URL"]), run_tag)
     delete_matching(redis.Redis.from_url(env["BENCH_STORE_URL"]), f"{{{run_tag}*")
     delete_matching(redis.Redis.from_url(env["BENCH_DEDUPE_URL"]), f"{run_tag}:*")
+    if "BENCH_STATE_URL" in env:
+        delete_matching(redis.Redis.from_url(env["BENCH_STATE_URL"]), f"{{{run_tag}*")
 
 
 def report(res: dict[str, Any]) -> str:
@@ -274,6 +278,9 @@ def main() -> None:
     p.add_argument("--broker-db", type=int, default=8, help="Redis DB of the broker (default 8)")
     p.add_argument("--store-db", type=int, default=9, help="Redis DB of our store (default 9)")
     p.add_argument("--dedupe-db", type=int, default=10, help="Redis DB of the hand check (10)")
+    p.add_argument("--state-url", default=None,
+                   help="ours records task states here (default: in its store), e.g. a second "
+                        "Redis server: redis://127.0.0.1:6380/0")
     args = p.parse_args()
     res = run(args)
     emit(res, args.json, report)
