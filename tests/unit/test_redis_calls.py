@@ -149,6 +149,9 @@ def test_complete_soon_answers_like_complete(client: redis.Redis) -> None:
     store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
     task_id, fp = str(uuid.uuid4()), "0123456789abcdef"
     assert store.claim("k", fp, task_id, "me", 30, 3).runs
+    # loads the script: a server that does not know it answers both sent calls NOSCRIPT,
+    # and both are made again (see the test above), which is not what this one is about
+    assert not store.complete("other", fp, "me", task_id, None, 60)
     answers: list[tuple[object, object]] = []
     store.complete_soon("k", fp, "me", task_id, None, 60, lambda *a: answers.append(a))
     store.complete_soon("k", fp, "me", task_id, None, 60, lambda *a: answers.append(a))
