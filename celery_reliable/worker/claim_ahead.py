@@ -36,18 +36,21 @@ from celery_reliable.worker.owner import owner_token
 
 if TYPE_CHECKING:
     from celery_reliable.runtime import Runtime
+    from celery_reliable.states.inline import Riding
 
 logger = logging.getLogger("celery_reliable")
 
 
 @dataclass(frozen=True)
 class Ahead:
-    """A claim sent ahead: for which task, under which key and owner, and its answer."""
+    """A claim sent ahead: for which task, under which key and owner, its answer, and
+    the task's RECEIVED and STARTED riding on it (``states/inline.py``), if they do."""
 
     task_id: str
     key: str
     owner: str
     answer: ClaimAnswer
+    riding: Riding | None = None
 
 
 class ClaimAhead:
@@ -77,13 +80,18 @@ class ClaimAhead:
             or task.dependency is not None or consumer.task_buckets[task.name] is not None
         ):
             return
-        settings = task.reliable_settings(self.runtime)
+        rt = self.runtime
+        settings = task.reliable_settings(rt)
         owner = owner_token(request.hostname)
-        answer = self.runtime.store.claim_soon(
-            key, fingerprint, request.id, owner, settings.lease_seconds,
-            settings.max_lost_attempts,
+        inline = rt.inline_states
+        riding = None if inline is None else inline.on_claim(
+            request.id, task.name, key, request.hostname, 1
         )
-        self._ahead = Ahead(request.id, key, owner, answer)
+        answer = rt.store.claim_soon(
+            key, fingerprint, request.id, owner, settings.lease_seconds,
+            settings.max_lost_attempts, ride=None if riding is None else riding.ride,
+        )
+        self._ahead = Ahead(request.id, key, owner, answer, riding)
 
     def take(self, task_id: str, key: str) -> Ahead | None:
         """The claim sent ahead for this task and key, once; None if there is none."""
@@ -99,7 +107,10 @@ class ClaimAhead:
         """Release a claim whose task did not reach its body: the key is queued again
         and the record, due at the lease's end, is rescued then."""
         try:
-            if ahead.answer().runs:
+            claim = ahead.answer()
+            if ahead.riding is not None:
+                ahead.riding.settle()  # recorded STARTED; the rescue records RESCUED next
+            if claim.runs:
                 self.runtime.store.release(ahead.key, ahead.owner, ahead.task_id, requeued=True)
         except StoreError as exc:
             logger.warning(
