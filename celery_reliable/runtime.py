@@ -12,11 +12,11 @@ import logging
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
-from celery_reliable.errors import ConfigurationError, StoreError
+from celery_reliable.errors import ConfigurationError
 from celery_reliable.retry.breaker import Breakers
 from celery_reliable.retry.budget import BudgetMeter
 from celery_reliable.settings import Settings, from_conf
@@ -26,13 +26,11 @@ from celery_reliable.worker.heartbeat import Heartbeat
 
 if TYPE_CHECKING:
     from celery_reliable.dlq.publisher import Publisher
-    from celery_reliable.states.inline import InlineStates
 
 logger = logging.getLogger("celery_reliable")
 
 _runtimes: weakref.WeakKeyDictionary[Celery, Runtime] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-_UNDECIDED = object()
 
 
 class Runtime:
@@ -48,7 +46,6 @@ class Runtime:
         self._dlq_publisher: Publisher | None = None
         self._lock = threading.Lock()
         self.claim_ahead = ClaimAhead(self)
-        self._inline: InlineStates | object | None = _UNDECIDED
 
     @property
     def store(self) -> Store:
@@ -66,19 +63,6 @@ class Runtime:
                         url, prefix=self.settings.key_prefix, shards=self.settings.redis_shards
                     )
         return self._store
-
-    @property
-    def inline_states(self) -> InlineStates | None:
-        """The rides of this worker's transitions on the store's calls, or None: see
-        ``states/inline.py``.  Decided once the store could be asked."""
-        if self._inline is _UNDECIDED:
-            from celery_reliable.states.runtime import states_of  # states import the runtime
-
-            try:
-                self._inline = states_of(self.app).inline(self.store, self.settings.store_url)
-            except StoreError:
-                return None
-        return cast("InlineStates | None", self._inline)
 
     @property
     def budget(self) -> BudgetMeter:

@@ -35,7 +35,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
@@ -64,9 +64,6 @@ from celery_reliable.stores.base import (
     PublishStatus,
 )
 from celery_reliable.worker.owner import owner_token
-
-if TYPE_CHECKING:
-    from celery_reliable.states.inline import Riding  # imports redis, an optional extra
 
 logger = logging.getLogger("celery_reliable")
 
@@ -382,18 +379,19 @@ class ReliableTask(Task):  # type: ignore[misc]
         try:
             breaker = self._gate(rt, request, key, owner, settings)
             if ahead is not None:
-                claim, riding = ahead.answer(), ahead.riding
+                claim = ahead.answer()
             else:
-                claim, riding = self._claim(rt, request, key, fingerprint, owner, settings)
+                claim = rt.store.claim(
+                    key, fingerprint, request.id, owner, settings.lease_seconds,
+                    settings.max_lost_attempts,
+                )
         except StoreError as exc:
             return self._store_down(exc)
         if claim.runs:
             taken_over = claim.status is ClaimStatus.TAKEN_OVER
-            # RECEIVED and STARTED may have been written by the claim (states/inline.py)
-            if riding is None or not riding.settle():
-                self._record(key, State.RECEIVED)
-                self._record(key, State.STARTED, detail={"taken_over": True, "lost": claim.lost}
-                             if taken_over else None)
+            self._record(key, State.RECEIVED)
+            self._record(key, State.STARTED,
+                         detail={"taken_over": True, "lost": claim.lost} if taken_over else None)
             if taken_over:
                 rt.count("taken_over")
                 logger.warning(
@@ -405,26 +403,6 @@ class ReliableTask(Task):  # type: ignore[misc]
                 rt, request, key, fingerprint, owner, args, kwargs, settings, breaker
             )
         return self._not_claimed(claim, key, settings)
-
-    def _claim(
-        self, rt: Runtime, request: Any, key: str, fingerprint: str, owner: str,
-        settings: Settings,
-    ) -> tuple[Claim, Riding | None]:
-        """Claim the key; the task's RECEIVED and STARTED ride on the claim where they can."""
-        store = rt.store
-        inline = None if request.is_eager else rt.inline_states
-        riding = None if inline is None else inline.on_claim(
-            request.id, self.name, key, request.hostname, (request.retries or 0) + 1
-        )
-        if riding is None:
-            return store.claim(
-                key, fingerprint, request.id, owner, settings.lease_seconds,
-                settings.max_lost_attempts,
-            ), None
-        return store.claim_soon(
-            key, fingerprint, request.id, owner, settings.lease_seconds,
-            settings.max_lost_attempts, ride=riding.ride,
-        )(), riding
 
     def _gate(
         self, rt: Runtime, request: Any, key: str, owner: str, settings: Settings
@@ -501,6 +479,7 @@ class ReliableTask(Task):  # type: ignore[misc]
         if breaker is not None:
             self._report(breaker, None)
         self._complete(rt, request, key, fingerprint, owner, result, settings)
+        self._record(key, State.SUCCEEDED)
         return result
 
     def _report(self, breaker: BreakerCheck | None, exc: Exception | None) -> None:
@@ -554,8 +533,7 @@ class ReliableTask(Task):  # type: ignore[misc]
         self, rt: Runtime, request: Any, key: str, fingerprint: str, owner: str, result: Any,
         settings: Settings,
     ) -> None:
-        """Record the success (SUCCEEDED too); the message is acknowledged after this
-        returns.
+        """Record the success; the message is acknowledged after this returns.
 
         The answer is checked when it comes (the Redis store reads it before the
         next store call of this thread: see ``stores/redis_calls.py``); a store
@@ -563,18 +541,11 @@ class ReliableTask(Task):  # type: ignore[misc]
         """
         kept = keys.encode_result(result, settings.result_max_bytes)
         store, task_id = rt.store, request.id
-        inline = None if request.is_eager else rt.inline_states
-        riding = None if inline is None else inline.on_complete(
-            task_id, self.name, key, request.hostname, (request.retries or 0) + 1
-        )
-        if riding is None:
-            self._record(key, State.SUCCEEDED)
-        then = functools.partial(self._completed, self.name, task_id, key, riding)
+        then = functools.partial(self._completed, self.name, task_id, key)
         for attempt in range(_COMPLETE_TRIES):
             try:
                 store.complete_soon(
-                    key, fingerprint, owner, task_id, kept, settings.retention, then,
-                    ride=None if riding is None else riding.ride,
+                    key, fingerprint, owner, task_id, kept, settings.retention, then
                 )
             except StoreUnavailable as exc:
                 rt.count("store_error")
@@ -584,16 +555,13 @@ class ReliableTask(Task):  # type: ignore[misc]
             if request.is_eager:
                 self._quietly("complete", store.drain)  # apply() returns a settled outcome
             return
-        self._completed(self.name, task_id, key, riding, None, None)
+        self._completed(self.name, task_id, key, None, None)
 
     def _completed(
-        self, name: str, task_id: str, key: str, riding: Riding | None, ok: bool | None,
-        error: StoreError | None,
+        self, name: str, task_id: str, key: str, ok: bool | None, error: StoreError | None
     ) -> None:
         """The store's answer to a completion (maybe while another task starts: hence the
         names passed in, not read from ``self.request``).  Never raises."""
-        if riding is not None and not riding.settle():
-            riding.hand_over()  # SUCCEEDED did not ride: the recorder writes it
         if ok:
             return
         if ok is False:

@@ -87,8 +87,6 @@ class Recorder:
         self._lock = threading.Lock()  # the buffer, the counters, the clock
         self._flushing = threading.Lock()  # one write at a time: batches stay in order
         self._buffer: deque[Transition] = deque()
-        #: task id -> its transitions buffered or being written (see :meth:`holds`)
-        self._unwritten: Counter[str] = Counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_us = 0
@@ -103,20 +101,8 @@ class Recorder:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         """Record that the task moved to ``state`` now.  Never raises, never blocks (async)."""
-        made = self.make(task_id, name, key, state, attempt=attempt, worker=worker, error=error,
-                         detail=detail)
-        if made is not None:
-            self.add(made)
-
-    def make(
-        self, task_id: str, name: str, key: str, state: State, *, attempt: int = 1,
-        worker: str | None = None, error: BaseException | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> Transition | None:
-        """The transition to ``state`` now, stamped by this process's clock, without
-        recording it (see :meth:`add`); None when recording is off or ``state`` unknown."""
         if not self.enabled:
-            return None
+            return
         if not isinstance(state, State):
             try:
                 state = State(state)
@@ -125,7 +111,7 @@ class Recorder:
                     self.counters["rejected_illegal"] += 1
                 logger.error("unknown task state %r for %s[%s]: a bug, not recorded",
                              state, name, task_id)
-                return None
+                return
         if len(name) > _NAME_MAX:
             name = name[:_NAME_MAX]
         if worker is not None and len(worker) > _NAME_MAX:
@@ -140,18 +126,13 @@ class Recorder:
             # within a process even if the wall clock steps back: the order of one
             # process's transitions is their order in time on every backend.
             self._last_us = max(int(time.time() * 1_000_000), self._last_us + 1)
-            at = self._last_us / 1_000_000
-        return Transition(task_id, name, key, state, attempt, worker or None, at, error_type,
-                          error_message, dict(detail) if detail else None)
-
-    def add(self, transition: Transition) -> None:
-        """Record a transition :meth:`make` made (buffered in async mode).  Never raises."""
-        with self._lock:
             if len(self._buffer) >= self.buffer_size:
                 self.counters["dropped_on_overflow"] += 1
                 return
-            self._buffer.append(transition)
-            self._unwritten[transition.task_id] += 1
+            self._buffer.append(Transition(
+                task_id, name, key, state, attempt, worker or None, self._last_us / 1_000_000,
+                error_type, error_message, dict(detail) if detail else None,
+            ))
         if self.mode == SYNC:
             self.flush()
         elif self._thread is None:
@@ -170,24 +151,6 @@ class Recorder:
                              for _ in range(min(self.batch_size, len(self._buffer)))]
                 if not batch or not self._write(batch):
                     return
-                with self._lock:
-                    self._forget(batch)
-
-    def holds(self, task_id: str) -> bool:
-        """Whether transitions of this task wait here (buffered or being written): a
-        later one written elsewhere first would find the task without them, and be
-        refused as illegal (``states/inline.py`` asks)."""
-        with self._lock:
-            return task_id in self._unwritten
-
-    def _forget(self, transitions: list[Transition]) -> None:
-        """Written or dropped: no longer waiting (called with the lock held)."""
-        for t in transitions:
-            left = self._unwritten[t.task_id] - 1
-            if left > 0:
-                self._unwritten[t.task_id] = left
-            else:
-                del self._unwritten[t.task_id]
 
     def _write(self, batch: list[Transition]) -> bool:
         """Write one batch; False when it went back to the buffer (the store failed)."""
@@ -203,7 +166,7 @@ class Recorder:
                 self.counters["dropped_on_error"] += len(batch)
             logger.exception("recording %d task state transitions failed; dropped", len(batch))
             return True
-        self.account(result)
+        self._account(result)
         return True
 
     def _failed(self, batch: list[Transition], exc: ReliableError) -> None:
@@ -214,8 +177,8 @@ class Recorder:
             self._retry_at = now + min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
             self._buffer.extendleft(reversed(batch))
             overflow = len(self._buffer) - self.buffer_size
-            self._forget([self._buffer.pop() for _ in range(max(0, overflow))])
-            # (the newest go: the older ones explain the state)
+            for _ in range(max(0, overflow)):
+                self._buffer.pop()  # the newest go: the older ones explain the state
             self.counters["dropped_on_overflow"] += max(0, overflow)
             log = now - self._logged_at >= _LOG_EVERY
             if log:
@@ -228,9 +191,7 @@ class Recorder:
                 self.counters["write_errors"],
             )
 
-    def account(self, result: RecordResult) -> None:
-        """Count what a write did and report its illegal transitions (also for the
-        transitions another store call wrote: ``states/inline.py``)."""
+    def _account(self, result: RecordResult) -> None:
         with self._lock:
             self._failures = 0
             self._retry_at = 0.0
@@ -245,21 +206,6 @@ class Recorder:
                 "illegal state transition %s for %s[%s] (key %r, attempt %d): a bug, "
                 "not recorded", where, t.name, t.task_id, t.key, t.attempt,
             )
-
-    def write_failed(self, error: str) -> None:
-        """Count a failed write made elsewhere (a rider's: ``states/inline.py``); logged
-        at most every ``_LOG_EVERY`` seconds.  Whoever made it hands the transitions
-        back to :meth:`add`."""
-        now = time.monotonic()
-        with self._lock:
-            self.counters["write_errors"] += 1
-            log = now - self._logged_at >= _LOG_EVERY
-            if log:
-                self._logged_at = now
-        if log:
-            logger.error("could not record task states with the store's call (%s); they "
-                         "go through the recorder (write errors so far: %d)", error,
-                         self.counters["write_errors"])
 
     def _open(self) -> StateStore:
         if self._store is None:

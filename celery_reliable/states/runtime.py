@@ -12,7 +12,6 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
 
 from celery import Celery
 
@@ -20,10 +19,6 @@ from celery_reliable.errors import ConfigurationError
 from celery_reliable.states import config
 from celery_reliable.states.recorder import Recorder
 from celery_reliable.states.stores import StateStore, open_state_store
-from celery_reliable.stores.base import Store
-
-if TYPE_CHECKING:
-    from celery_reliable.states.inline import InlineStates
 
 
 class AppStates:
@@ -57,21 +52,6 @@ class AppStates:
                         retention=s.retention,
                     )
         return self._store
-
-    def inline(self, store: Store, store_url: str | None) -> InlineStates | None:
-        """The rides of a worker's transitions on ``store`` (opened from ``store_url``),
-        or None when they cannot ride (see ``states/inline.py``).  Raises
-        :class:`StoreError` when the store could not be asked."""
-        from celery_reliable.states.inline import InlineStates
-        from celery_reliable.states.stores.redis import RedisStateStore
-
-        s = self.settings
-        if not s.enabled or s.store_url != store_url or not store.carries_rides():
-            return None
-        state_store = self.open_store()
-        if not isinstance(state_store, RedisStateStore):
-            return None
-        return InlineStates(self.recorder, state_store)
 
     def close(self) -> None:
         self.recorder.close()

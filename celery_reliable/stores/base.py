@@ -27,7 +27,7 @@ import enum
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from celery_reliable.errors import StoreError
 
@@ -274,30 +274,6 @@ class BreakerCheck:
     """Consecutive failures counted so far."""
 
 
-@dataclass
-class Ride:
-    """Writes of another part of the package that travel inside a store call's script.
-
-    Why: a worker waits for its claim and sends its completion anyway; the task's
-    state transitions written by those same scripts cost no round trip of their
-    own, and no separate script holding Redis (``states/inline.py``).  Only a
-    store whose :meth:`Store.carries_rides` is true takes one.  The store runs
-    ``ride(key, args)`` after its own work, in the same script, when the call's
-    status (the first field of its reply) is ``when`` (``""``: always), and puts
-    what it returned in ``reply``: a list, or the error text when the rider
-    failed (the store's own work stands).  ``reply`` stays None when the rider
-    did not run: another status, or the call was made again the ordinary way.
-    """
-
-    lua: str
-    """Lua defining ``local function ride(key, args)``; the script's text is cached by it."""
-    key: str
-    """The one key (or hash-tagged key prefix) the rider writes under."""
-    args: Sequence[str]
-    when: str = ""
-    reply: Any = None
-
-
 Completion = Callable[[bool | None, StoreError | None], None]
 """``then(ok, error)`` of :meth:`Store.complete_soon`."""
 
@@ -383,22 +359,15 @@ class Store(abc.ABC):
         is deleted: nothing is left to rescue.
         """
 
-    def carries_rides(self) -> bool:
-        """Whether :meth:`claim_soon` and :meth:`complete_soon` run a :class:`Ride`
-        (may raise :class:`StoreError` when the store must be asked and cannot be)."""
-        return False
-
     def claim_soon(
-        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int,
-        ride: Ride | None = None,
+        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
     ) -> ClaimAnswer:
         """:meth:`claim`, answered when the returned function is called.
 
         Why: a solo worker claims a task when its message arrives and asks for the
         answer when the body is about to run, so Celery's own preparation overlaps
         the round trip (``worker/claim_ahead.py``).  The Redis store writes the call
-        here and reads the reply when asked; other stores claim here.  ``ride``: see
-        :meth:`carries_rides` (a store that does not carry it leaves it untouched).
+        here and reads the reply when asked; other stores claim here.
         """
         return answered(lambda: self.claim(key, fingerprint, task_id, owner, lease, max_lost))
 
@@ -419,7 +388,7 @@ class Store(abc.ABC):
 
     def complete_soon(
         self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
-        retention: float, then: Completion, ride: Ride | None = None,
+        retention: float, then: Completion,
     ) -> None:
         """:meth:`complete`, without waiting for the answer where the backend can.
 
@@ -428,8 +397,7 @@ class Store(abc.ABC):
         the message meanwhile; other backends complete here.  ``then(ok, error)``
         gets :meth:`complete`'s answer or the error that came back instead; it must
         not raise.  Raises :class:`StoreError` like :meth:`complete` when the call
-        could not even be made.  ``ride`` as in :meth:`claim_soon`; its reply is set
-        before ``then`` is called.
+        could not even be made.
         """
         then(self.complete(key, fingerprint, owner, task_id, result, retention), None)
 

@@ -50,7 +50,6 @@ from celery_reliable.stores.base import (
     Lease,
     PublishOutcome,
     PublishStatus,
-    Ride,
     Store,
     SweepPolicy,
     TaskRecord,
@@ -156,8 +155,6 @@ class RedisStore(Store):
             )
         }
         self._caller = ScriptCaller(self.client)
-        self._ridden: dict[tuple[str, str], Script] = {}
-        self._carries: bool | None = None
 
     # -- key names -------------------------------------------------------------
     def _tag(self, key: str) -> str:
@@ -232,20 +229,19 @@ class RedisStore(Store):
         )
 
     def claim_soon(
-        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int,
-        ride: Ride | None = None,
+        self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
     ) -> ClaimAnswer:
         # A claim made again after a lost reply finds the key running for this owner,
         # and answers "claimed" (see claim.lua): ``again`` changes nothing.
         return self._soon(
             "claim", *self._claim_call(key, fingerprint, task_id, owner, lease, max_lost),
             lambda: self.claim(key, fingerprint, task_id, owner, lease, max_lost),
-            lambda reply, again: _claim(reply), ride,
+            lambda reply, again: _claim(reply),
         )
 
     def _soon(
         self, name: str, keys: Sequence[str], args: Sequence[Any], now: Callable[[], T],
-        decode: Callable[[Any, bool], T], ride: Ride | None = None,
+        decode: Callable[[Any, bool], T],
     ) -> Callable[[], T]:
         """Write a call and return the function that reads its reply.
 
@@ -254,10 +250,9 @@ class RedisStore(Store):
         first reply was lost with the connection and the call made a second time).
         """
         replies: list[tuple[Any, BaseException | None, bool]] = []
-        script, keys, args = self._with_ride(name, keys, args, ride)
         try:
             self._caller.send(
-                script, keys, args,
+                self._scripts[name], keys, args,
                 lambda reply, error, again: replies.append((reply, error, again)),
             )
         except (redis.ConnectionError, redis.TimeoutError):
@@ -271,35 +266,9 @@ class RedisStore(Store):
             reply, error, again = replies[0]
             if error is not None:
                 raise self._store_error(error)
-            return decode(_ridden(reply, ride), again)
+            return decode(reply, again)
 
         return answer
-
-    # -- rides (see Ride) ----------------------------------------------------------
-    def carries_rides(self) -> bool:
-        """True unless the server is a Redis Cluster node: a rider writes under another
-        hash tag than the call's keys, which a cluster refuses (CROSSSLOT).  Asked once;
-        raises :class:`StoreError` when the server cannot be asked."""
-        if self._carries is None:
-            with _guard(self.safe_url):
-                info = self.client.info("cluster")
-            self._carries = not int(info.get("cluster_enabled", 0))
-        return self._carries
-
-    def _with_ride(
-        self, name: str, keys: Sequence[str], args: Sequence[Any], ride: Ride | None
-    ) -> tuple[Script, Sequence[str], Sequence[Any]]:
-        """The script, keys and arguments of a call, with ``ride`` appended when given:
-        the rider's key last, then its arguments, ``when`` and how many they are."""
-        if ride is None:
-            return self._scripts[name], keys, args
-        script = self._ridden.get((name, ride.lua))
-        if script is None:
-            script = self._ridden[(name, ride.lua)] = self.client.register_script(
-                f"{_lua('common')}{ride.lua}\nlocal function main()\n{_lua(name)}\nend\n"
-                + _lua("ride_tail")
-            )
-        return script, [*keys, ride.key], [*args, *ride.args, ride.when, len(ride.args)]
 
     # -- consumer side -----------------------------------------------------------
     @_guarded
@@ -343,18 +312,15 @@ class RedisStore(Store):
     @_guarded
     def complete_soon(
         self, key: str, fingerprint: str, owner: str, task_id: str, result: str | None,
-        retention: float, then: Completion, ride: Ride | None = None,
+        retention: float, then: Completion,
     ) -> None:
-        script, keys, args = self._with_ride(
-            "complete", *self.complete_call(key, fingerprint, owner, task_id, result, retention),
-            ride,
-        )
+        keys, args = self.complete_call(key, fingerprint, owner, task_id, result, retention)
 
         def answered(reply: Any, error: BaseException | None, again: bool) -> None:
             if error is not None:
                 then(None, self._store_error(error))
                 return
-            ok = bool(_ridden(reply, ride))
+            ok = bool(reply)
             if not ok and again:
                 # The first reply was lost with its connection: that call may have
                 # completed the key already (the second one then finds it done).
@@ -367,7 +333,7 @@ class RedisStore(Store):
             then(ok, None)
 
         try:
-            self._caller.send(script, keys, args, answered)
+            self._caller.send(self._scripts["complete"], keys, args, answered)
         except (redis.ConnectionError, redis.TimeoutError):
             # not written: complete now, waiting, through redis-py's retries
             then(self.complete(key, fingerprint, owner, task_id, result, retention), None)
@@ -680,14 +646,6 @@ def _expand(task_id: str | None) -> str | None:
     if task_id.startswith("!") and len(task_id) == 33:
         return str(uuid.UUID(task_id[1:]))
     return task_id
-
-
-def _ridden(reply: Any, ride: Ride | None) -> Any:
-    """The call's own reply, the rider's put in ``ride.reply`` (ride_tail.lua wraps them)."""
-    if ride is None:
-        return reply
-    ride.reply = reply[1] if len(reply) > 1 else None
-    return reply[0]
 
 
 def _claim(reply: Sequence[Any]) -> Claim:

@@ -36,21 +36,18 @@ from celery_reliable.worker.owner import owner_token
 
 if TYPE_CHECKING:
     from celery_reliable.runtime import Runtime
-    from celery_reliable.states.inline import Riding
 
 logger = logging.getLogger("celery_reliable")
 
 
 @dataclass(frozen=True)
 class Ahead:
-    """A claim sent ahead: for which task, under which key and owner, its answer, and
-    the task's RECEIVED and STARTED riding on it (``states/inline.py``), if they do."""
+    """A claim sent ahead: for which task, under which key and owner, and its answer."""
 
     task_id: str
     key: str
     owner: str
     answer: ClaimAnswer
-    riding: Riding | None = None
 
 
 class ClaimAhead:
@@ -80,18 +77,13 @@ class ClaimAhead:
             or task.dependency is not None or consumer.task_buckets[task.name] is not None
         ):
             return
-        rt = self.runtime
-        settings = task.reliable_settings(rt)
+        settings = task.reliable_settings(self.runtime)
         owner = owner_token(request.hostname)
-        inline = rt.inline_states
-        riding = None if inline is None else inline.on_claim(
-            request.id, task.name, key, request.hostname, 1
-        )
-        answer = rt.store.claim_soon(
+        answer = self.runtime.store.claim_soon(
             key, fingerprint, request.id, owner, settings.lease_seconds,
-            settings.max_lost_attempts, ride=None if riding is None else riding.ride,
+            settings.max_lost_attempts,
         )
-        self._ahead = Ahead(request.id, key, owner, answer, riding)
+        self._ahead = Ahead(request.id, key, owner, answer)
 
     def take(self, task_id: str, key: str) -> Ahead | None:
         """The claim sent ahead for this task and key, once; None if there is none."""
@@ -107,10 +99,7 @@ class ClaimAhead:
         """Release a claim whose task did not reach its body: the key is queued again
         and the record, due at the lease's end, is rescued then."""
         try:
-            claim = ahead.answer()
-            if ahead.riding is not None:
-                ahead.riding.settle()  # recorded STARTED; the rescue records RESCUED next
-            if claim.runs:
+            if ahead.answer().runs:
                 self.runtime.store.release(ahead.key, ahead.owner, ahead.task_id, requeued=True)
         except StoreError as exc:
             logger.warning(

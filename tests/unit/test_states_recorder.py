@@ -167,23 +167,6 @@ def test_the_buffer_is_bounded_while_the_store_is_down(
     assert {t.task_id for t in store.timeline_by_key("k")} == {f"t{i}" for i in range(5)}
 
 
-def test_it_knows_which_tasks_still_wait_for_their_write(
-    store: Flaky, make: Callable[..., Recorder]
-) -> None:
-    """What lets a worker's transitions ride on its store calls (states/inline.py) only
-    when none of the task's earlier ones wait here."""
-    recorder = make(store, buffer_size=3)
-    store.fail = StoreUnavailable("down")
-    lifecycle(recorder, "t1", [S.PENDING, S.RECEIVED])
-    recorder.transition("t2", NAME, "k", S.PENDING)
-    recorder.transition("t3", NAME, "k", S.PENDING)  # over the bound: dropped
-    recorder.flush()  # fails: still waiting
-    assert [recorder.holds(t) for t in ("t1", "t2", "t3")] == [True, True, False]
-    store.fail = None
-    recorder.flush(force=True)
-    assert not recorder.holds("t1") and not recorder.holds("t2")
-
-
 def test_illegal_transitions_are_logged_at_error_and_counted(
     store: Flaky, make: Callable[..., Recorder], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -47,7 +47,7 @@ from celery_reliable.states.model import (
     stats_range,
 )
 from celery_reliable.states.stores.base import SharedStoreStateStore, stuck_states
-from celery_reliable.stores.base import Ride, Store
+from celery_reliable.stores.base import Store
 from celery_reliable.stores.redis import RedisStore, _guarded
 
 #: Transitions per record script, one round trip each.  Redis runs nothing else while
@@ -92,7 +92,7 @@ class RedisStateStore(SharedStoreStateStore):
         self.tags = [f"{{{store.prefix}:st:{shard}}}:" for shard in range(self.shards)]
         self._indexed = [state.value for state in stuck_states(None)]
         self._scripts: dict[str, Script] = {
-            "record": self.client.register_script(_record_lib() + _lua("record")),
+            "record": self.client.register_script(lua_table() + _codes_lua() + _lua("record")),
             "prune": self.client.register_script(_lua("prune")),
         }
 
@@ -115,39 +115,19 @@ class RedisStateStore(SharedStoreStateStore):
                    json.dumps([_fields(transitions[i]) for i in indexes])])
             for tag, indexes in chunks
         ]
+        written = duplicates = 0
+        rejected: list[Rejection] = []
         # One script at a time, on the lean path of the store's calls (redis_calls.py):
         # Redis serves its other clients between two.
         script = self._scripts["record"]
         replies = [self.store.call_script(script, [tag], args) for tag, args in calls]
-        results = [
-            self.result_of(reply, [transitions[i] for i in indexes])
-            for (_, indexes), reply in zip(chunks, replies, strict=True)
-        ]
-        return RecordResult(
-            sum(r.written for r in results), sum(r.duplicates for r in results),
-            tuple(rejection for r in results for rejection in r.rejected),
-        )
-
-    def ride(self, transitions: Sequence[Transition], when: str = "") -> Ride:
-        """The transitions of one task as a :class:`Ride` on a call of the task store
-        on this server: written by that call's script (``states/inline.py``)."""
-        tag = self._tag(transitions[0].task_id)
-        if any(t.task_id != transitions[0].task_id for t in transitions):
-            raise ValueError("a ride carries the transitions of one task")
-        return Ride(
-            _rider_lua(), tag,
-            [str(int(self.retention * 1000)), json.dumps([_fields(t) for t in transitions])],
-            when,
-        )
-
-    @staticmethod
-    def result_of(reply: Sequence[Any], transitions: Sequence[Transition]) -> RecordResult:
-        """What the record library answered for ``transitions`` (see record_lib.lua)."""
-        rejected = [
-            Rejection(transitions[int(reply[at])], _state(reply[at + 1]), _state(reply[at + 2]))
-            for at in range(2, len(reply), 3)
-        ]
-        return RecordResult(int(reply[0]), int(reply[1]), tuple(rejected))
+        for (_, indexes), reply in zip(chunks, replies, strict=True):
+            written += int(reply[0])
+            duplicates += int(reply[1])
+            for at in range(2, len(reply), 3):
+                t = transitions[indexes[int(reply[at])]]
+                rejected.append(Rejection(t, _state(reply[at + 1]), _state(reply[at + 2])))
+        return RecordResult(written, duplicates, tuple(rejected))
 
     @_guarded
     def prune(self, before: float, limit: int = 1000) -> int:
@@ -322,22 +302,6 @@ def _transition(
         task_id=task_id, name=name, key=key, state=_OF_CODE[code], attempt=int(attempt),
         worker=worker or None, at=at / 1e6, error_type=etype or None,
         error_message=emsg or None, detail=load_detail(detail), id=transition_id,
-    )
-
-
-@functools.cache
-def _record_lib() -> str:
-    """The record library with the tables it reads (see record_lib.lua)."""
-    return lua_table() + _codes_lua() + _lua("record_lib")
-
-
-@functools.cache
-def _rider_lua() -> str:
-    """The record library as a rider on the task store's scripts (one text: the
-    store caches its scripts by it)."""
-    return _record_lib() + (
-        "local function ride(key, args)\n"
-        "  return record_rows(key, args[1], cjson.decode(args[2]))\nend\n"
     )
 
 
