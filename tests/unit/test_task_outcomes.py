@@ -1,0 +1,170 @@
+"""What the worker does with Celery's own control flow in a body (``self.retry()``,
+``Ignore``, ``Reject``), a key held with other arguments, and a completion that comes too
+late: Celery's Request and trace on kombu's memory transport, the memory store."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.exceptions import Ignore, Reject
+from celery.worker.request import Request
+
+from celery_reliable import IdempotencyKeyConflict, ReliableTask
+from celery_reliable.runtime import runtime
+from celery_reliable.states import State, Transition, recorder, state_store
+from celery_reliable.task import HEADER_FINGERPRINT, HEADER_KEY
+from tests.unit.test_claim_ahead import received
+
+
+def story(app: Celery, task_id: str) -> list[Transition]:
+    recorder(app).flush(force=True)
+    return state_store(app).timeline(task_id)
+
+
+def states(app: Celery, task_id: str) -> list[State]:
+    return [t.state for t in story(app, task_id)]
+
+
+def test_self_retry_requeues_the_key_and_the_next_attempt_runs(app: Celery) -> None:
+    runs: list[int] = []
+
+    @app.task(base=ReliableTask, bind=True, shared=False, idempotency_key="mail:{n}")
+    def mail(self: ReliableTask, n: int) -> str:
+        runs.append(self.request.retries)
+        if self.request.retries == 0:
+            raise self.retry(countdown=0)
+        return "sent"
+
+    first = received(app, mail, 1)
+    first.execute()
+    store = runtime(app).store
+    key = store.get_key("mail:1")
+    # released as queued for this very task: the producer still sees it in flight
+    assert key is not None and key.state == "queued" and key.task_id == first.id
+    assert store.get_record(first.id, "mail:1") is not None  # the rescuer's safety net
+    with app.connection_for_read() as conn:
+        message = conn.SimpleQueue(app.conf.task_default_queue).get(timeout=2)
+        message.ack()
+    again = type(first)(message, app=app, task=mail, hostname="w@test")
+    assert again.id == first.id and again.request_dict["retries"] == 1
+    again.execute()
+    assert runs == [0, 1]
+    done = store.get_key("mail:1")
+    assert done is not None and done.state == "done"
+    assert states(app, first.id) == [
+        State.PENDING, State.RECEIVED, State.STARTED, State.RETRY_SCHEDULED,
+        State.RECEIVED, State.STARTED, State.SUCCEEDED,
+    ]
+
+
+def test_ignore_forgets_the_key_and_the_record(app: Celery) -> None:
+    @app.task(base=ReliableTask, shared=False, idempotency_key="skip:{n}")
+    def skip(n: int) -> None:
+        raise Ignore()
+
+    request = received(app, skip, 1)
+    request.execute()
+    store = runtime(app).store
+    assert store.get_key("skip:1") is None  # a later copy may run
+    assert store.get_record(request.id, "skip:1") is None  # and nothing rescues this one
+    last = story(app, request.id)[-1]
+    assert last.state is State.SUCCEEDED and last.detail == {"ignored": True}
+
+
+def test_reject_without_requeue_is_dead_lettered(app: Celery) -> None:
+    @app.task(base=ReliableTask, shared=False, idempotency_key="bad:{n}")
+    def bad(n: int) -> None:
+        raise Reject("malformed order", requeue=False)
+
+    request = received(app, bad, 1)
+    request.execute()
+    store = runtime(app).store
+    [letter] = store.dead_letters()
+    assert letter.task_id == request.id and letter.reason == "rejected"
+    assert store.get_key("bad:1") is None
+    assert states(app, request.id)[-2:] == [State.FAILED, State.DEAD_LETTERED]
+
+
+def test_reject_with_requeue_gives_the_key_back(app: Celery) -> None:
+    @app.task(base=ReliableTask, shared=False, idempotency_key="later:{n}")
+    def later(n: int) -> None:
+        raise Reject("not now", requeue=True)
+
+    request = received(app, later, 1)
+    request.execute()
+    store = runtime(app).store
+    key = store.get_key("later:1")
+    assert key is not None and key.state == "queued"
+    assert store.dead_letters() == []
+
+
+def _copy_with_other_arguments(app: Celery, task: Any, key: str, *args: Any) -> Any:
+    """A message under ``key`` with arguments other than the ones that hold it, as a
+    producer that does not ask the store sends it (by name, another client)."""
+    fingerprint = task.key_for(args, {})[1]
+    app.send_task(task.name, args, headers={HEADER_KEY: key, HEADER_FINGERPRINT: fingerprint})
+    with app.connection_for_read() as conn:
+        message = conn.SimpleQueue(app.conf.task_default_queue).get(timeout=2)
+        message.ack()
+    return Request(message, app=app, task=task, hostname="w@test")
+
+
+def test_a_key_held_with_other_arguments_is_dead_lettered_at_the_worker(app: Celery) -> None:
+    runs: list[int] = []
+
+    @app.task(base=ReliableTask, shared=False, idempotency_key="charge:{order}")
+    def charge(order: int, amount: int) -> int:
+        runs.append(amount)
+        return amount
+
+    received(app, charge, 7, 10).execute()
+    copy = _copy_with_other_arguments(app, charge, "charge:7", 7, 99)
+    copy.execute()
+    assert runs == [10]
+    [letter] = runtime(app).store.dead_letters()
+    assert letter.task_id == copy.id and letter.reason == "key_conflict"
+    assert IdempotencyKeyConflict.__name__ in (letter.error or "")
+
+
+def test_a_key_held_with_other_arguments_is_skipped_when_told_to(app: Celery) -> None:
+    app.conf.reliable_on_key_conflict = "skip"
+    runs: list[int] = []
+
+    @app.task(base=ReliableTask, shared=False, idempotency_key="charge:{order}")
+    def charge(order: int, amount: int) -> int:
+        runs.append(amount)
+        return amount
+
+    received(app, charge, 7, 10).execute()
+    copy = _copy_with_other_arguments(app, charge, "charge:7", 7, 99)
+    copy.execute()
+    assert runs == [10]
+    assert runtime(app).store.dead_letters() == []
+    told = story(app, copy.id)
+    assert [t.state for t in told] == [State.RECEIVED, State.DEDUPLICATED]
+    assert told[-1].detail is not None and told[-1].detail["key_conflict"]
+
+
+def test_a_completion_after_the_lease_was_taken_over_is_reported(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task(base=ReliableTask, bind=True, shared=False, idempotency_key="slow:{n}")
+    def slow(self: ReliableTask, n: int) -> None:
+        # Meanwhile the lease lapsed and another worker took the key over (what a body
+        # that outlives its lease with a stalled heartbeat meets), without the wait.
+        store = runtime(app).store
+        held = store.get_key("slow:1")
+        assert held is not None and held.owner is not None
+        assert store.release("slow:1", held.owner, self.request.id, requeued=False)
+        fingerprint = self.request.headers[HEADER_FINGERPRINT]
+        assert store.claim("slow:1", fingerprint, "other-task", "other:1", 30, 3).runs
+
+    with caplog.at_level(logging.ERROR, logger="celery_reliable"):
+        received(app, slow, 1).execute()
+    assert runtime(app).counters["lease_lost"] == 1
+    assert "had lapsed and another worker took it over" in caplog.text
+    held = runtime(app).store.get_key("slow:1")
+    assert held is not None and held.state == "running" and held.owner == "other:1"
