@@ -12,7 +12,7 @@ from celery import Celery
 from celery.exceptions import Ignore, Reject
 from celery.worker.request import Request
 
-from celery_reliable import IdempotencyKeyConflict, ReliableTask
+from celery_reliable import IdempotencyKeyConflict, ReliableTask, StoreUnavailable
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, Transition, recorder, state_store
 from celery_reliable.task import HEADER_FINGERPRINT, HEADER_KEY
@@ -168,3 +168,37 @@ def test_a_completion_after_the_lease_was_taken_over_is_reported(
     assert "had lapsed and another worker took it over" in caplog.text
     held = runtime(app).store.get_key("slow:1")
     assert held is not None and held.state == "running" and held.owner == "other:1"
+
+
+@pytest.mark.parametrize("failures, done", [(2, True), (5, False)])
+def test_a_completion_the_store_refuses_is_tried_again_then_reported(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    failures: int, done: bool,
+) -> None:
+    """The body ran: completing is tried five times (backoff skipped here); when the store
+    never takes it, the failure is counted and logged, and the key stays running so
+    that its lease lapses and the task is rescued (never lost, maybe run again)."""
+    @app.task(base=ReliableTask, shared=False, idempotency_key="once:{n}")
+    def once(n: int) -> int:
+        return n
+
+    store = runtime(app).store
+    complete_soon = store.complete_soon
+    refused: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        if len(refused) < failures:
+            refused.append(1)
+            raise StoreUnavailable("store is unreachable")
+        complete_soon(*args, **kwargs)
+
+    monkeypatch.setattr(store, "complete_soon", flaky)
+    monkeypatch.setattr("celery_reliable.task._sleep_backoff", lambda attempt: None)
+    with caplog.at_level(logging.WARNING, logger="celery_reliable"):
+        received(app, once, 1).execute()
+    key = store.get_key("once:1")
+    assert key is not None and key.state == ("done" if done else "running")
+    assert runtime(app).counters["store_error"] == failures
+    assert runtime(app).counters["complete_failed"] == (0 if done else 1)
+    if not done:
+        assert "the store could not record it" in caplog.text
