@@ -10,6 +10,9 @@ import pytest
 from celery import Celery
 
 from celery_reliable import ReliableTask, StoreUnavailable
+from celery_reliable.dlq.api import DeadLetters
+from celery_reliable.dlq.publisher import DeadLetterPublishError, Publisher
+from celery_reliable.dlq.signals import task_dead_lettered
 from celery_reliable.records import decode
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, recorder, state_store
@@ -69,3 +72,40 @@ def test_an_expired_task_seen_while_the_store_is_down_is_counted_and_logged(
     # nothing indexed; the persisted record is still there for the rescuer
     assert store.get_dead_letter(request.id) is None
     assert store.get_record(request.id, "refund:6") is not None
+
+
+def test_a_revoked_task_is_indexed_when_the_dlq_queue_is_down_and_published_later(
+    app: Celery, refund: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery acknowledges a revoked message whatever we do: the entry is indexed without
+    its DLQ message, and ``reconcile`` publishes it once the queue takes it."""
+    request = received(app, refund, 7, 20)
+
+    def down(self: Publisher, queue: str, message: Any) -> None:
+        raise DeadLetterPublishError("the DLQ queue did not confirm")
+
+    monkeypatch.setattr(Publisher, "publish", down)
+    revoke(refund, request)
+    monkeypatch.undo()
+    counters = runtime(app).counters
+    assert counters["dlq_publish_error"] == 1 and counters["dlq_indexed_only"] == 1
+    letters = DeadLetters(app)
+    assert [e.task_id for e in letters.list().entries] == [request.id]
+    assert letters.reconcile().republished == [request.id]
+    assert not letters.reconcile().changed
+
+
+def test_a_failing_dead_letter_receiver_is_counted_and_changes_nothing(
+    app: Celery, refund: Any
+) -> None:
+    def broken(**_: Any) -> None:
+        raise RuntimeError("pager service down")
+
+    task_dead_lettered.connect(broken, weak=False)
+    try:
+        request = received(app, refund, 8, 20)
+        revoke(refund, request)
+    finally:
+        task_dead_lettered.disconnect(broken)
+    assert runtime(app).counters["signal_error"] == 1
+    assert runtime(app).store.get_dead_letter(request.id) is not None
