@@ -243,3 +243,64 @@ def test_many_calls_go_in_one_round_trip_and_survive_a_forgotten_script(
     assert caller.call_many(script, [([key], [10]), ([key], [20])]) == [13, 33]
     assert caller.call_many(script, []) == []
     client.delete(key)
+
+
+def _claimed_store(client: redis.Redis) -> tuple[RedisStore, str]:
+    store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
+    task_id = str(uuid.uuid4())
+    assert store.claim("k", "0123456789abcdef", task_id, "me", 30, 3).runs
+    assert not store.complete("other", "0123456789abcdef", "me", task_id, None, 60)  # loaded
+    return store, task_id
+
+
+def test_a_completion_made_again_after_a_lost_reply_is_still_a_success(
+    client: redis.Redis,
+) -> None:
+    """The second call finds the key done (by the first one): not a lapsed lease."""
+    store, task_id = _claimed_store(client)
+    answers: list[tuple[object, object]] = []
+    store.complete_soon("k", "0123456789abcdef", "me", task_id, None, 60,
+                        lambda *a: answers.append(a))
+
+    def done() -> bool:
+        state = store.get_key("k")
+        return state is not None and state.state == "done"
+
+    _lose_the_reply_once_it_ran(store, done)
+    store.drain()
+    assert answers == [(True, None)]
+
+
+def test_a_completion_the_server_refuses_comes_back_as_a_store_error(
+    client: redis.Redis,
+) -> None:
+    from celery_reliable.errors import StoreError
+
+    store, task_id = _claimed_store(client)
+    state_key = store._names("k", task_id)[0]
+    client.delete(state_key)
+    client.hset(state_key, "not", "a string")  # the script's GET fails: WRONGTYPE
+    answers: list[tuple[object, object]] = []
+    store.complete_soon("k", "0123456789abcdef", "me", task_id, None, 60,
+                        lambda *a: answers.append(a))
+    store.drain()
+    [(ok, error)] = answers
+    assert ok is None and isinstance(error, StoreError) and "WRONGTYPE" in str(error)
+    client.delete(state_key)
+
+
+def test_a_completion_that_cannot_be_sent_is_made_at_once(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, task_id = _claimed_store(client)
+
+    def dead(*args: object) -> None:
+        raise redis.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(store._caller, "send", dead)
+    answers: list[tuple[object, object]] = []
+    store.complete_soon("k", "0123456789abcdef", "me", task_id, None, 60,
+                        lambda *a: answers.append(a))
+    assert answers == [(True, None)]  # through redis-py's own path, before returning
+    state = store.get_key("k")
+    assert state is not None and state.state == "done"
