@@ -12,9 +12,9 @@ from celery_reliable import PermanentError, ReliableTask, records
 from celery_reliable.dlq.api import DeadLetters
 from celery_reliable.dlq.publisher import dlq_queue
 from celery_reliable.dlq.signals import task_dead_lettered
-from celery_reliable.errors import ConfigurationError
+from celery_reliable.errors import ConfigurationError, StoreUnavailable
 from celery_reliable.runtime import runtime
-from celery_reliable.states import State, queries, recorder
+from celery_reliable.states import State, queries, recorder, state_store
 from celery_reliable.stores.base import DeadLetterQuery
 
 
@@ -202,3 +202,64 @@ def test_a_replay_sooner_than_the_workers_flush_waits_for_the_final_failure(
         failed.close()
     states = [t.state for t in queries.timeline(app, task_id="early-1")]
     assert states[-3:] == [State.FAILED, State.DEAD_LETTERED, State.REPLAYED]
+
+
+def test_a_replay_the_broker_refuses_is_taken_back_and_can_be_made_again(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pay = shop(app)
+    handle = pay.apply((1,))
+    letters = DeadLetters(app)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker is down")
+
+    monkeypatch.setattr(app, "send_task", down)
+    failed = letters.replay([handle.id])
+    assert failed.replayed == [] and "broker is down" in failed.failed[handle.id]
+    assert failed.removed_from_queue == 0  # its DLQ message stays
+    monkeypatch.undo()
+    entry = letters.get(handle.id)
+    assert entry is not None and not entry.replayed  # taken back: not "already replayed"
+    recorder(app).flush(force=True)
+    last = queries.timeline(app, handle.id)[-1]
+    assert last.state is State.DEAD_LETTERED and "broker is down" in last.detail["replay_failed"]
+    again = letters.replay([handle.id])
+    assert again.replayed == [handle.id]
+    assert [m.headers["id"] for m in drain(app, app.conf.task_default_queue)] == [handle.id]
+
+
+def test_a_replay_whose_record_cannot_be_stored_is_not_published(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Persist before publish holds for replays too: no record, no message."""
+    pay = shop(app)
+    handle = pay.apply((2,))
+    store = runtime(app).store
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("store is unreachable")
+
+    monkeypatch.setattr(store, "publish_many", down)
+    failed = DeadLetters(app).replay([handle.id])
+    assert list(failed.failed) == [handle.id] and failed.replayed == []
+    assert drain(app, app.conf.task_default_queue) == []
+    monkeypatch.undo()
+    entry = DeadLetters(app).get(handle.id)
+    assert entry is not None and not entry.replayed
+
+
+def test_a_state_store_down_never_stops_a_replay(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pay = shop(app)
+    handle = pay.apply((3,))
+    recorder(app).flush(force=True)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("state store is unreachable")
+
+    monkeypatch.setattr(state_store(app), "record", down)
+    result = DeadLetters(app).replay([handle.id])
+    assert result.replayed == [handle.id]
+    assert runtime(app).counters["state_error"] == 1
