@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery._state import _set_current_app, get_current_app
+from celery.concurrency.solo import TaskPool as SoloPool
 from celery.exceptions import Ignore, Reject
 from celery.worker.request import Request
 
-from celery_reliable import IdempotencyKeyConflict, ReliableTask, StoreUnavailable
+from celery_reliable import IdempotencyKeyConflict, PermanentError, ReliableTask, StoreUnavailable
+from celery_reliable.dlq.publisher import DeadLetterPublishError, Publisher
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, Transition, recorder, state_store
 from celery_reliable.task import HEADER_FINGERPRINT, HEADER_KEY
@@ -202,3 +205,37 @@ def test_a_completion_the_store_refuses_is_tried_again_then_reported(
     assert runtime(app).counters["complete_failed"] == (0 if done else 1)
     if not done:
         assert "the store could not record it" in caplog.text
+
+
+def test_a_final_failure_the_dlq_queue_refuses_is_requeued_not_acknowledged(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The failure is never acknowledged unrecorded: with the DLQ queue down, the message
+    goes back to its queue and the next delivery fails (and dead-letters) again."""
+    @app.task(base=ReliableTask, shared=False, idempotency_key="pay:{n}")
+    def pay(n: int) -> None:
+        raise PermanentError("card declined")
+
+    def down(self: Publisher, queue: str, message: Any) -> None:
+        raise DeadLetterPublishError("the DLQ queue did not confirm")
+
+    monkeypatch.setattr(Publisher, "publish", down)
+    queue = app.conf.task_default_queue
+    with app.connection_for_write() as conn:
+        pay.apply_async((1,))
+        message = conn.default_channel.basic_get(queue, no_ack=False)
+        # acknowledged and rejected as the worker's strategy wires it (worker/strategy.py)
+        request = Request(message, app=app, task=pay, hostname="w@test",
+                          on_ack=message.ack_log_error, on_reject=message.reject_log_error)
+        pool = SoloPool()
+        pool.start()
+        previous = get_current_app()
+        app.set_current()  # the pool's tracer finds the task in the current app
+        try:
+            with caplog.at_level(logging.ERROR, logger="celery_reliable"):
+                request.execute_using_pool(pool)  # what a solo worker does with a message
+        finally:
+            _set_current_app(previous)
+        assert conn.default_channel._size(queue) == 1  # requeued
+    assert "not dead-lettered" in caplog.text and "requeued" in caplog.text
+    assert runtime(app).store.dead_letters() == []
