@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery._state import _set_current_app, get_current_app
+from celery.canvas import Signature
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.exceptions import Ignore, Reject
 from celery.worker.request import Request
@@ -207,6 +208,26 @@ def test_a_completion_the_store_refuses_is_tried_again_then_reported(
         assert "the store could not record it" in caplog.text
 
 
+def run_in_solo_pool(app: Celery, task: Any, *args: Any) -> int:
+    """Publish a call and run its message the way a solo worker does (the pool's tracer,
+    the strategy's ack and reject); the messages in the task queue afterwards."""
+    queue = app.conf.task_default_queue
+    with app.connection_for_write() as conn:
+        task.apply_async(args)
+        message = conn.default_channel.basic_get(queue, no_ack=False)
+        request = Request(message, app=app, task=task, hostname="w@test",
+                          on_ack=message.ack_log_error, on_reject=message.reject_log_error)
+        pool = SoloPool()
+        pool.start()
+        previous = get_current_app()
+        app.set_current()  # the pool's tracer finds the task in the current app
+        try:
+            request.execute_using_pool(pool)
+        finally:
+            _set_current_app(previous)
+        return int(conn.default_channel._size(queue))
+
+
 def test_a_final_failure_the_dlq_queue_refuses_is_requeued_not_acknowledged(
     app: Celery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -220,22 +241,34 @@ def test_a_final_failure_the_dlq_queue_refuses_is_requeued_not_acknowledged(
         raise DeadLetterPublishError("the DLQ queue did not confirm")
 
     monkeypatch.setattr(Publisher, "publish", down)
-    queue = app.conf.task_default_queue
-    with app.connection_for_write() as conn:
-        pay.apply_async((1,))
-        message = conn.default_channel.basic_get(queue, no_ack=False)
-        # acknowledged and rejected as the worker's strategy wires it (worker/strategy.py)
-        request = Request(message, app=app, task=pay, hostname="w@test",
-                          on_ack=message.ack_log_error, on_reject=message.reject_log_error)
-        pool = SoloPool()
-        pool.start()
-        previous = get_current_app()
-        app.set_current()  # the pool's tracer finds the task in the current app
-        try:
-            with caplog.at_level(logging.ERROR, logger="celery_reliable"):
-                request.execute_using_pool(pool)  # what a solo worker does with a message
-        finally:
-            _set_current_app(previous)
-        assert conn.default_channel._size(queue) == 1  # requeued
+    with caplog.at_level(logging.ERROR, logger="celery_reliable"):
+        assert run_in_solo_pool(app, pay, 1) == 1  # requeued
     assert "not dead-lettered" in caplog.text and "requeued" in caplog.text
     assert runtime(app).store.dead_letters() == []
+
+
+def test_store_and_broker_both_down_requeue_the_message(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fail closed: the store cannot guard the run, so the task is deferred; when its
+    deferred copy cannot be published either, this copy goes back to the queue."""
+    runs: list[int] = []
+
+    @app.task(base=ReliableTask, shared=False, idempotency_key="ship:{n}")
+    def ship(n: int) -> None:
+        runs.append(n)
+
+    store = runtime(app).store
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("store is unreachable")
+
+    def broker_down(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker is down")
+
+    monkeypatch.setattr(store, "claim", down)
+    monkeypatch.setattr(Signature, "apply_async", broker_down)
+    with caplog.at_level(logging.ERROR, logger="celery_reliable"):
+        assert run_in_solo_pool(app, ship, 1) == 1  # requeued, not lost
+    assert runs == []  # never run unguarded
+    assert "failing closed" in caplog.text and "could not be published again" in caplog.text
