@@ -272,3 +272,24 @@ def test_store_and_broker_both_down_requeue_the_message(
         assert run_in_solo_pool(app, ship, 1) == 1  # requeued, not lost
     assert runs == []  # never run unguarded
     assert "failing closed" in caplog.text and "could not be published again" in caplog.text
+
+
+def test_a_redelivery_of_a_running_task_is_absorbed_not_run_twice(app: Celery) -> None:
+    """Its first delivery still runs (or its worker died: the rescuer brings it back when
+    the lease lapses): the second copy is acknowledged without running."""
+    runs: list[int] = []
+
+    @app.task(base=ReliableTask, shared=False, idempotency_key="ship:{n}")
+    def ship(n: int) -> None:
+        runs.append(n)
+
+    request = received(app, ship, 1)
+    store = runtime(app).store
+    fingerprint = request.request_dict[HEADER_FINGERPRINT]
+    assert store.claim("ship:1", fingerprint, request.id, "first-worker:1", 30, 3).runs
+    request.execute()  # the broker delivered the same message again
+    assert runs == []
+    assert runtime(app).counters["busy"] == 1
+    held = store.get_key("ship:1")
+    assert held is not None and held.owner == "first-worker:1"
+    assert store.get_record(request.id, "ship:1") is not None  # the rescuer's safety net
