@@ -293,3 +293,27 @@ def test_a_redelivery_of_a_running_task_is_absorbed_not_run_twice(app: Celery) -
     held = store.get_key("ship:1")
     assert held is not None and held.owner == "first-worker:1"
     assert store.get_record(request.id, "ship:1") is not None  # the rescuer's safety net
+
+
+def test_an_event_that_cannot_be_sent_never_fails_the_task(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.conf.worker_send_task_events = True  # a worker started with -E
+    runs: list[int] = []
+
+    @app.task(base=ReliableTask, shared=False, idempotency_key="ship:{n}")
+    def ship(n: int) -> int:
+        runs.append(n)
+        return n
+
+    received(app, ship, 1).execute()
+    copy = received(app, ship, 1, task_id="copy-of-1")  # named: published, deduped at claim
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("event connection lost")
+
+    monkeypatch.setattr(ship, "send_event", broken)
+    copy.execute()  # DEDUPLICATED has a custom event; sending it fails
+    assert runs == [1]
+    assert runtime(app).counters["event_error"] == 1
+    assert states(app, "copy-of-1")[-1] is State.DEDUPLICATED
