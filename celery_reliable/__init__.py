@@ -11,13 +11,15 @@ from celery_reliable.errors import (
     IdempotencyKeyError,
     PermanentError,
     ReliableError,
+    RetryBudgetExhausted,
     StoreError,
     StoreUnavailable,
     TaskInFlight,
+    TaskLostTooOften,
     UnpersistableTask,
 )
 from celery_reliable.runtime import runtime
-from celery_reliable.task import ReliableTask, TaskLostTooOften
+from celery_reliable.task import ReliableTask
 from celery_reliable.worker.steps import install
 
 __version__ = "0.1.0.dev0"
@@ -30,6 +32,7 @@ __all__ = [
     "PermanentError",
     "ReliableError",
     "ReliableTask",
+    "RetryBudgetExhausted",
     "StoreError",
     "StoreUnavailable",
     "TaskInFlight",

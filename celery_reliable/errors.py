@@ -53,3 +53,11 @@ class PermanentError(ReliableError):
 
     The task is not retried; it goes straight to the dead letters.
     """
+
+
+class TaskLostTooOften(ReliableError):
+    """The task's runs died with their worker too often; it was dead-lettered."""
+
+
+class RetryBudgetExhausted(ReliableError):
+    """A retry was refused by the budget and dead-lettered (reliable_on_retry_budget_exhausted)."""

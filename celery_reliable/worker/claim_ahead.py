@@ -65,7 +65,7 @@ class ClaimAhead:
 
     def send(self, task: Any, request: Any, consumer: Any) -> None:
         """At ``task_received``: write the claim now if the body will follow at once."""
-        from celery_reliable.task import HEADER_FINGERPRINT, HEADER_KEY
+        from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 
         if self._ahead is not None:  # its task never reached the body
             self._give_back(self._ahead)

@@ -32,7 +32,8 @@ def on_task_revoked(
     sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
     expired: bool = False, **_: Any,
 ) -> None:
-    from celery_reliable.task import HEADER_KEY, ReliableTask
+    from celery_reliable.headers import HEADER_KEY
+    from celery_reliable.task import ReliableTask
 
     if not isinstance(sender, ReliableTask) or request is None:
         return

@@ -24,7 +24,7 @@ from celery_reliable.states.machine import (
 
 S = State
 
-# What the engine does (task.py, rescue.py, worker signals), each from a task's first record.
+# What the engine does (task/, rescue.py, worker signals), each from a task's first record.
 PATHS = {
     "succeeds": [S.PENDING, S.RECEIVED, S.STARTED, S.SUCCEEDED],
     "retried then succeeds": [S.PENDING, S.RECEIVED, S.STARTED, S.RETRY_SCHEDULED, S.RECEIVED,

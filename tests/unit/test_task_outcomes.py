@@ -17,9 +17,9 @@ from celery.worker.request import Request
 
 from celery_reliable import IdempotencyKeyConflict, PermanentError, ReliableTask, StoreUnavailable
 from celery_reliable.dlq.publisher import DeadLetterPublishError, Publisher
+from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, Transition, recorder, state_store
-from celery_reliable.task import HEADER_FINGERPRINT, HEADER_KEY
 from tests.unit.test_claim_ahead import received
 
 
@@ -197,7 +197,7 @@ def test_a_completion_the_store_refuses_is_tried_again_then_reported(
         complete_soon(*args, **kwargs)
 
     monkeypatch.setattr(store, "complete_soon", flaky)
-    monkeypatch.setattr("celery_reliable.task._sleep_backoff", lambda attempt: None)
+    monkeypatch.setattr("celery_reliable.task.execution._sleep_backoff", lambda attempt: None)
     with caplog.at_level(logging.WARNING, logger="celery_reliable"):
         received(app, once, 1).execute()
     key = store.get_key("once:1")

@@ -1,0 +1,281 @@
+"""The worker side of ReliableTask: claim → run → complete, or release.
+
+:meth:`Execution.__call__` claims the key's lease, runs the body while a
+heartbeat renews the lease, then completes (success) or releases (retry,
+failure).  What the claim answers decides everything else:
+
+=============  =================================================================
+claimed        run the body
+taken over     run the body; the previous owner died (a *lost attempt*)
+done           skip; return the first run's result (recorded as deduplicated)
+busy           another copy runs now: never concurrently. A redelivery of the
+               running task itself is absorbed (the rescuer covers its owner);
+               another copy is deferred until the lease would have lapsed
+conflict       same key, other arguments: refused (IdempotencyKeyConflict)
+lost too often dead-lettered with reason ``worker_lost``; never run again
+store down     fail closed: deferred with backoff, never run unguarded
+=============  =================================================================
+
+Everything but running the body lives in :mod:`celery_reliable.task.outcomes`.
+``acks_late`` and ``reject_on_worker_lost`` are forced on: the message is
+acknowledged only after the outcome is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from typing import Any
+
+from celery.exceptions import Ignore, Reject, Retry
+
+from celery_reliable import keys
+from celery_reliable.errors import RetryBudgetExhausted, StoreError, StoreUnavailable
+from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
+from celery_reliable.retry.policy import RetryPolicy, Verdict
+from celery_reliable.runtime import Runtime
+from celery_reliable.settings import Settings
+from celery_reliable.states import State
+from celery_reliable.stores.base import BreakerCheck, ClaimStatus, Lease
+from celery_reliable.task.outcomes import Outcomes
+from celery_reliable.worker.owner import owner_token
+
+logger = logging.getLogger("celery_reliable")
+
+#: completing is retried this often when the store blips: the body already ran.
+_COMPLETE_TRIES = 5
+
+
+class Execution(Outcomes):
+    """ReliableTask in a worker: the claim, the body under a lease, the completion."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.request.called_directly:
+            # A plain function call: no message, nothing to guard.
+            return super().__call__(*args, **kwargs)
+        return self._execute(args, kwargs)
+
+    def _execute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        request = self.request
+        headers = request.headers if request.headers is not None else {}
+        request.headers = headers
+        if HEADER_KEY in headers:
+            key, fingerprint = headers[HEADER_KEY], headers[HEADER_FINGERPRINT]
+        else:  # sent by name (send_task) or by an older producer: derive it here
+            key, fingerprint = self.key_for(args, kwargs)
+            headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
+        rt = self.reliable
+        settings = self.reliable_settings(rt)
+        # A solo worker may have sent the claim when the message arrived
+        # (worker/claim_ahead.py): then only its answer is read here.
+        ahead = rt.claim_ahead.take(request.id, key) if rt.claim_ahead.enabled else None
+        owner = ahead.owner if ahead is not None else owner_token(request.hostname)
+        try:
+            breaker = self._gate(rt, request, key, owner, settings)
+            if ahead is not None:
+                claim = ahead.answer()
+            else:
+                claim = rt.store.claim(
+                    key, fingerprint, request.id, owner, settings.lease_seconds,
+                    settings.max_lost_attempts,
+                )
+        except StoreError as exc:
+            return self._store_down(exc)
+        if claim.runs:
+            taken_over = claim.status is ClaimStatus.TAKEN_OVER
+            self._record(key, State.RECEIVED)
+            self._record(key, State.STARTED,
+                         detail={"taken_over": True, "lost": claim.lost} if taken_over else None)
+            if taken_over:
+                rt.count("taken_over")
+                logger.warning(
+                    "%s[%s] key %r: the previous run died with its worker (lost attempt %d of "
+                    "%d); running it again", self.name, request.id, key, claim.lost,
+                    settings.max_lost_attempts,
+                )
+            return self._run_claimed(
+                rt, request, key, fingerprint, owner, args, kwargs, settings, breaker
+            )
+        return self._not_claimed(claim, key, settings)
+
+    def _gate(
+        self, rt: Runtime, request: Any, key: str, owner: str, settings: Settings
+    ) -> BreakerCheck | None:
+        """Circuit breaker and retry budget, before the claim: defers or dead-letters
+        (raising) what may not run now; the breaker's answer when there is one."""
+        scope = self.dependency or self.name
+        breaker = None
+        if self.dependency is not None:
+            breaker = rt.breakers.check(self.dependency, owner)
+            if not breaker.allowed:
+                rt.count("deferred_breaker_open")
+                self._defer(
+                    breaker.wait + random.uniform(0.1, 1.0),
+                    f"circuit breaker of {self.dependency!r} is {breaker.state}",
+                )
+        if not request.retries:
+            rt.budget.first_attempt(scope)
+        elif not rt.store.budget_withdraw(
+            scope, settings.retry_budget_ratio, settings.retry_budget_floor,
+            settings.retry_budget_window,
+        ):
+            rt.count("retry_budget_exhausted")
+            if settings.on_retry_budget_exhausted == "dead_letter" or request.is_eager:
+                error = RetryBudgetExhausted(
+                    f"{self.name}[{request.id}]: the retry budget of {scope!r} is spent "
+                    f"({settings.retry_budget_ratio:g} x first attempts + "
+                    f"{settings.retry_budget_floor:g}/s over {settings.retry_budget_window:g} s)"
+                )
+                self._dead_letter(key, "retry_budget_exhausted", error, started=False)
+                raise error
+            self._defer(
+                settings.retry_budget_window * random.uniform(0.5, 1.5),
+                f"retry budget of {scope!r} spent",
+            )
+        return breaker
+
+    def _run_claimed(
+        self, rt: Runtime, request: Any, key: str, fingerprint: str, owner: str,
+        args: tuple[Any, ...], kwargs: dict[str, Any], settings: Settings,
+        breaker: BreakerCheck | None,
+    ) -> Any:
+        task_id = request.id
+        store = rt.store
+        heartbeat = rt.heartbeat
+        heartbeat.track(Lease(key, owner, task_id), settings.lease_seconds)
+        try:
+            result = self.run(*args, **kwargs)
+        except Retry as retry:
+            self._release(key, owner, requeued=True)
+            self._record(key, State.RETRY_SCHEDULED, detail={"countdown": retry.when})
+            raise
+        except Ignore:
+            self._release(key, owner, requeued=False)
+            self._quietly("discard", lambda: store.discard(task_id, key))
+            self._record(key, State.SUCCEEDED, detail={"ignored": True})
+            raise
+        except Reject as exc:
+            self._release(key, owner, requeued=bool(exc.requeue))
+            if not exc.requeue:
+                self._dead_letter(key, "rejected", exc, started=True)
+            raise
+        except Exception as exc:
+            self._report(breaker, exc)
+            self._after_failure(key, owner, exc, settings)
+            raise
+        except BaseException:
+            # Shutdown or a time limit: the message is not acknowledged, so it is
+            # delivered again, or rescued when the lease lapses.
+            self._release(key, owner, requeued=True)
+            raise
+        finally:
+            heartbeat.untrack(owner)
+        if breaker is not None:
+            self._report(breaker, None)
+        self._complete(rt, request, key, fingerprint, owner, result, settings)
+        self._record(key, State.SUCCEEDED)
+        return result
+
+    def _report(self, breaker: BreakerCheck | None, exc: Exception | None) -> None:
+        """Tell the dependency's breaker how the call went (transient failures count)."""
+        if breaker is None or self.dependency is None:
+            return
+        if exc is not None and not self.retry_policy().is_transient(exc):
+            return  # bad input says nothing about the dependency's health
+        name = self.dependency
+        self._quietly(
+            "report to the circuit breaker",
+            lambda: self.reliable.breakers.report(name, exc is None, breaker),
+        )
+
+    def retry_policy(self, settings: Settings | None = None) -> RetryPolicy:
+        """The task's retry policy: its ``retry_on``/``permanent_on``/``retry_classifier``
+        with the (per-task) ``reliable_max_attempts`` and backoff settings."""
+        settings = settings or self.reliable_settings()
+        return RetryPolicy(
+            max_attempts=settings.max_attempts,
+            backoff_base=settings.retry_backoff_base,
+            backoff_cap=settings.retry_backoff_cap,
+            unclassified=settings.retry_unclassified,
+            retry_on=tuple(self.retry_on),
+            permanent_on=tuple(self.permanent_on),
+            classify=self.retry_classifier,
+        )
+
+    def _after_failure(
+        self, key: str, owner: str, exc: Exception, settings: Settings
+    ) -> None:
+        """Retry a transient failure later, or dead-letter it; returns only to re-raise."""
+        attempt = (self.request.retries or 0) + 1
+        decision = self.retry_policy(settings).decide(exc, attempt)
+        if decision.verdict is Verdict.RETRY:
+            retry = self._republish(decision.delay, exc=exc, next_attempt=True)
+            self._release(key, owner, requeued=True)
+            self._record(key, State.RETRY_SCHEDULED, error=exc,
+                         detail={"countdown": round(decision.delay, 3)})
+            self.reliable.count("retried")
+            logger.info(
+                "%s[%s] attempt %d of %d failed (%s: %s); retrying in %.1f s",
+                self.name, self.request.id, attempt, settings.max_attempts,
+                type(exc).__name__, exc, decision.delay,
+            )
+            raise retry from exc
+        self._release(key, owner, requeued=False)
+        self._dead_letter(key, decision.reason, exc, started=True)
+
+    def _complete(
+        self, rt: Runtime, request: Any, key: str, fingerprint: str, owner: str, result: Any,
+        settings: Settings,
+    ) -> None:
+        """Record the success; the message is acknowledged after this returns.
+
+        The answer is checked when it comes (the Redis store reads it before the
+        next store call of this thread: see ``stores/redis_calls.py``); a store
+        that cannot take the call is tried again for a few seconds: the body ran.
+        """
+        kept = keys.encode_result(result, settings.result_max_bytes)
+        store, task_id = rt.store, request.id
+        then = functools.partial(self._completed, self.name, task_id, key)
+        for attempt in range(_COMPLETE_TRIES):
+            try:
+                store.complete_soon(
+                    key, fingerprint, owner, task_id, kept, settings.retention, then
+                )
+            except StoreUnavailable as exc:
+                rt.count("store_error")
+                logger.warning("completing %s[%s]: %s", self.name, task_id, exc)
+                _sleep_backoff(attempt)
+                continue
+            if request.is_eager:
+                self._quietly("complete", store.drain)  # apply() returns a settled outcome
+            return
+        self._completed(self.name, task_id, key, None, None)
+
+    def _completed(
+        self, name: str, task_id: str, key: str, ok: bool | None, error: StoreError | None
+    ) -> None:
+        """The store's answer to a completion (maybe while another task starts: hence the
+        names passed in, not read from ``self.request``).  Never raises."""
+        if ok:
+            return
+        if ok is False:
+            self.reliable.count("lease_lost")
+            logger.error(
+                "%s[%s] finished, but its lease on key %r had lapsed and another worker "
+                "took it over: the body may run twice (raise reliable_lease_seconds, or "
+                "check the store's latency)", name, task_id, key,
+            )
+            return
+        self.reliable.count("complete_failed")
+        logger.error(
+            "%s[%s] finished, but the store could not record it%s: the lease on key %r "
+            "lapses and the task will be run again", name, task_id,
+            f" ({error})" if error is not None else "", key,
+        )
+
+
+
+def _sleep_backoff(attempt: int) -> None:
+    time.sleep(min(2.0, 0.05 * 2**attempt) * random.random())

@@ -1,0 +1,282 @@
+"""What a worker does with a task that does not simply run and succeed.
+
+A claim that does not run (done, conflict, lost too often, dead-lettered,
+busy), a store that is down (deferred, never run unguarded), a deferral or
+retry (the same task published again, then this copy acknowledged), and a
+final failure (dead-lettered before the message is acknowledged).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery.exceptions import Ignore, Reject, Retry
+
+from celery_reliable import keys
+from celery_reliable.errors import (
+    IdempotencyKeyConflict,
+    ReliableError,
+    StoreError,
+    TaskInFlight,
+    TaskLostTooOften,
+)
+from celery_reliable.headers import HEADER_DEFERS, HEADER_FINGERPRINT, HEADER_KEY
+from celery_reliable.records import encode
+from celery_reliable.settings import Settings
+from celery_reliable.states import State, recorder
+from celery_reliable.stores.base import Claim, ClaimStatus
+from celery_reliable.task.base import TaskBase
+
+logger = logging.getLogger("celery_reliable")
+
+#: states Celery has no event for; sent as ``task-<state>`` custom events
+EVENT_STATES = frozenset({State.DEDUPLICATED, State.DEFERRED, State.DEAD_LETTERED})
+
+
+class Outcomes(TaskBase):
+    """ReliableTask's outcomes other than a body that runs and succeeds, and the helpers
+    every outcome uses (recording a transition, releasing the key)."""
+
+    def _dead_letter(
+        self, key: str, reason: str, exc: BaseException | None, started: bool
+    ) -> None:
+        """Keep the task as a dead letter; ``started``: its body ran (and failed).
+
+        The dead letter is published to the DLQ queue and indexed before Celery
+        acknowledges this message (:mod:`celery_reliable.dlq.routing`).  When the
+        DLQ queue does not take it, the message is requeued (``Reject``) instead
+        of acknowledged: the failure is never acknowledged unrecorded.
+        """
+        from celery_reliable.dlq import routing
+        from celery_reliable.dlq.publisher import DeadLetterPublishError
+
+        request = self.request
+        error = f"{type(exc).__name__}: {exc}" if exc is not None else None
+        record = self._dead_record(key)
+        failure = routing.failure_of(
+            exc, attempts=(request.retries or 0) + 1, worker=request.hostname,
+            queue=routing.queue_of(self._get_app(), record, request.delivery_info),
+        )
+        try:
+            routing.dead_letter(
+                self._get_app(), record, key, reason, error, failure,
+                delivery_info=request.delivery_info, require_publish=not request.is_eager,
+            )
+        except DeadLetterPublishError as err:
+            logger.error("%s[%s] not dead-lettered: %s; the message is requeued",
+                         self.name, request.id, err)
+            raise Reject(err, requeue=True) from err
+        except StoreError as err:
+            self.reliable.count("store_error")
+            logger.error(
+                "%s[%s]: published to the DLQ queue, but the store could not index it (%s); "
+                "the lease lapses and the rescuer takes it from there", self.name, request.id,
+                err,
+            )
+        if started:
+            self._record(key, State.FAILED, error=exc)
+        else:
+            self._record(key, State.RECEIVED)
+        self._record(key, State.DEAD_LETTERED, error=None if started else exc,
+                     detail={"reason": reason, "error": error})
+        logger.warning("%s[%s] dead-lettered (%s): %s", self.name, request.id, reason, error)
+        self.reliable.count(f"dead_lettered_{reason}")
+
+    def _dead_record(self, key: str) -> Any:
+        """The task's record as persisted at publish (its routing options), else built
+        from the request."""
+        try:
+            stored = self.reliable.store.get_record(self.request.id, key)
+        except StoreError:
+            stored = None
+        if stored is not None and stored.name:
+            return stored
+        return self._fallback_record(key)
+
+    def _fallback_record(self, key: str) -> Any:
+        """The record to keep when none was persisted at publish (persist off)."""
+        from celery_reliable.stores.base import TaskRecord
+
+        request = self.request
+        try:
+            record, _ = encode(
+                self._get_app(), name=self.name, task_id=request.id, key=key,
+                fingerprint=(request.headers or {}).get(HEADER_FINGERPRINT, ""),
+                args=request.args or (), kwargs=request.kwargs or {},
+                options={"headers": request.headers or {}},
+            )
+        except ReliableError:
+            # Arguments that cannot be serialized: keep who and why, without the call.
+            return TaskRecord(request.id, self.name, key, "", "", "", "", "{}")
+        return record
+
+    def _not_claimed(self, claim: Claim, key: str, settings: Settings) -> Any:
+        request = self.request
+        if claim.status is ClaimStatus.DONE:
+            self.reliable.count("deduplicated")
+            if claim.task_id != request.id:
+                self._record(key, State.RECEIVED)
+                self._record(key, State.DEDUPLICATED, detail={"existing_task": claim.task_id})
+            logger.info(
+                "%s[%s] skipped: key %r already succeeded as task %s",
+                self.name, request.id, key, claim.task_id,
+            )
+            return keys.decode_result(claim.result)
+        if claim.status is ClaimStatus.CONFLICT:
+            error = IdempotencyKeyConflict(
+                f"idempotency key {key!r} of {self.name} is held by task {claim.task_id} with "
+                "different arguments; this copy is not run"
+            )
+            if settings.on_key_conflict == "skip":
+                self.reliable.count("deduplicated")
+                self._record(key, State.RECEIVED)
+                self._record(key, State.DEDUPLICATED, detail={"key_conflict": claim.task_id})
+                logger.warning("%s", error)
+                return None
+            self._dead_letter(key, "key_conflict", error, started=False)
+            raise error
+        if claim.status is ClaimStatus.LOST_TOO_OFTEN:
+            lost = TaskLostTooOften(
+                f"{self.name}[{request.id}] with key {key!r} died with its worker {claim.lost} "
+                "times (out of memory? a crashing library?); dead-lettered, not run again"
+            )
+            self._dead_letter(key, "worker_lost", lost, started=False)
+            raise lost
+        if claim.status is ClaimStatus.DEAD_LETTERED:
+            # Its final failure is in the dead letters; a copy still around (a
+            # redelivery, an earlier rescue) must not run it again behind the
+            # operator's back.  Ignore: acknowledged, and the FAILURE it left in
+            # the result backend stays.
+            self.reliable.count("dead_letter_copy_absorbed")
+            logger.info(
+                "%s[%s] not run: it is dead-lettered and was not replayed (a stale copy, "
+                "absorbed)", self.name, request.id,
+            )
+            raise Ignore()
+        return self._busy(claim, key, settings)
+
+    def _busy(self, claim: Claim, key: str, settings: Settings) -> Any:
+        request = self.request
+        if request.is_eager:
+            raise TaskInFlight(
+                f"key {key!r} of {self.name} is being run by task {claim.task_id} "
+                f"(lease {claim.lease_left:.0f} s left)"
+            )
+        self.reliable.count("busy")
+        if claim.task_id == request.id and settings.persist_on_publish:
+            logger.info(
+                "%s[%s] delivered again while it runs: absorbed (the rescuer takes over if "
+                "its worker died)", self.name, request.id,
+            )
+            raise Ignore()
+        # Poll with a doubling delay, never later than the holder's lease could lapse.
+        delay = min(claim.lease_left + random.uniform(0.5, 2.0), 2.0 ** self._defers())
+        return self._defer(delay, f"key in flight as task {claim.task_id}")
+
+    def _defers(self) -> int:
+        """How often this task was deferred already (a header, survives republishing)."""
+        return int((self.request.headers or {}).get(HEADER_DEFERS, 0))
+
+    def _store_down(self, exc: StoreError) -> Any:
+        self.reliable.count("store_error")
+        if self.request.is_eager:
+            raise exc
+        base = self.reliable_settings().store_down_retry_delay
+        delay = random.uniform(0, min(60.0, base * 2 ** self._defers())) + base / 2
+        logger.error(
+            "%s[%s] not run: the store is unavailable (%s); failing closed, trying again in "
+            "%.1f s", self.name, self.request.id, exc, delay,
+        )
+        return self._defer(delay, "store unavailable")
+
+    def _defer(self, countdown: float, reason: str) -> Any:
+        """Publish this task again later without using an attempt; ack this copy."""
+        retry = self._republish(countdown)
+        key = (self.request.headers or {}).get(HEADER_KEY, "")
+        self._record(key, State.RECEIVED)
+        self._record(key, State.DEFERRED,
+                     detail={"reason": reason, "countdown": round(countdown, 3)})
+        self.reliable.count("deferred")
+        logger.info("%s[%s] deferred %.1f s: %s", self.name, self.request.id, countdown, reason)
+        raise retry
+
+    def _republish(
+        self, countdown: float, exc: BaseException | None = None, next_attempt: bool = False
+    ) -> Retry:
+        """Publish this task again (same id and key) in ``countdown`` seconds.
+
+        Returns the ``Retry`` to raise, so the current message is acknowledged only
+        after its successor is on the broker.  ``next_attempt`` counts an attempt
+        (a retry); otherwise the attempt count is kept (a deferral).
+        """
+        request = self.request
+        options: dict[str, Any] = {"countdown": countdown}
+        headers = dict(request.headers or {})
+        if next_attempt:
+            options["retries"] = (request.retries or 0) + 1
+            headers.pop(HEADER_DEFERS, None)
+        else:
+            headers[HEADER_DEFERS] = self._defers() + 1
+        signature = self.signature_from_request(request, **options)
+        signature.options["headers"] = headers
+        if request.is_eager:  # apply() runs the signature again at once
+            return Retry(exc=exc, when=countdown, is_eager=True, sig=signature)
+        try:
+            signature.apply_async()
+        except Exception as err:  # the broker is down too: let it redeliver this copy
+            logger.error(
+                "%s[%s] could not be published again (%s); requeued", self.name, request.id, err
+            )
+            raise Reject(err, requeue=True) from err
+        return Retry(exc=exc, when=countdown, sig=signature)
+
+    def _release(self, key: str, owner: str, requeued: bool) -> None:
+        self._quietly(
+            "release",
+            lambda: self.reliable.store.release(key, owner, self.request.id, requeued),
+        )
+
+    def _record(
+        self, key: str, state: State, *, error: BaseException | None = None,
+        detail: Mapping[str, Any] | None = None, task_id: str | None = None,
+    ) -> None:
+        """Record a transition of this task (buffered; never raises into the task), and
+        send a Celery event for the states Celery has no name for, so monitors such as
+        Flower show them (workers started with ``-E``)."""
+        request = self.request
+        app = self._get_app()
+        recorder(app).transition(
+            task_id or request.id, self.name, key, state,
+            attempt=(request.retries or 0) + 1, worker=request.hostname, error=error,
+            detail=detail,
+        )
+        if state in EVENT_STATES and app.conf.worker_send_task_events and not request.is_eager:
+            self._send_state_event(state, key, error, detail)
+
+    def _send_state_event(
+        self, state: State, key: str, error: BaseException | None,
+        detail: Mapping[str, Any] | None,
+    ) -> None:
+        fields: dict[str, Any] = {"idempotency_key": key, **(detail or {})}
+        if error is not None:
+            fields["exception"] = f"{type(error).__name__}: {error}"
+        try:
+            self.send_event(f"task-{state.value.lower()}", **fields)
+        except Exception as exc:  # noqa: BLE001 - an event must never fail the task
+            self.reliable.count("event_error")
+            logger.warning("%s[%s]: could not send the %s event: %s",
+                           self.name, self.request.id, state.value, exc)
+
+    def _quietly(self, what: str, call: Callable[[], Any]) -> None:
+        """Store writes after the outcome is decided: a failure is logged and counted."""
+        try:
+            call()
+        except StoreError as exc:
+            self.reliable.count("store_error")
+            logger.error(
+                "%s[%s]: could not %s in the store (%s); the lease lapses and the rescuer "
+                "takes it from there", self.name, self.request.id, what.replace("_", " "), exc,
+            )

@@ -1,0 +1,179 @@
+"""The producer side of ReliableTask: persist, then publish; deduplicated at the source.
+
+:meth:`Publishing.apply_async` derives the idempotency key, puts it in the
+message *headers* (the only place every transport keeps), writes the task
+record to the store (persist-on-publish; it also answers "is this key already
+done or in flight?" in the same round trip) and only then publishes.  The
+store's round trip overlaps Celery building the message (:class:`_PublishGate`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from celery.result import AsyncResult
+
+from celery_reliable.errors import IdempotencyKeyConflict, StoreUnavailable
+from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
+from celery_reliable.records import encode
+from celery_reliable.states import State, recorder
+from celery_reliable.stores.base import Answer, PublishStatus
+from celery_reliable.task.base import TaskBase
+
+logger = logging.getLogger("celery_reliable")
+
+
+class _AlreadyPublished(Exception):
+    """Stops Celery's publish from inside the producer: an existing task stands for the
+    call (caught in ``apply_async``, never seen by callers)."""
+
+    def __init__(self, task_id: str | None) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+
+class _PublishGate:
+    """The producer Celery gets while the persist/dedupe call is under way.
+
+    Celery builds the message, then calls ``publish``: the gate takes the store's
+    verdict first (``verdict`` returns to let the message go, raises to stop it),
+    so the store's round trip overlaps building the message.  Anything published
+    after the task's message (a ``task-sent`` event) goes straight through.
+    """
+
+    def __init__(self, producer: Any, verdict: Callable[[], None]) -> None:
+        self._producer = producer
+        self._verdict: Callable[[], None] | None = verdict
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        if self._verdict is not None:
+            verdict, self._verdict = self._verdict, None
+            verdict()
+        return self._producer.publish(*args, **kwargs)
+
+
+class Publishing(TaskBase):
+    """ReliableTask on the producer: ``apply_async`` persists, deduplicates, publishes."""
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        per_call_key = options.pop("idempotency_key", None)
+        headers = dict(options.pop("headers", None) or {})
+        if HEADER_KEY in headers and per_call_key is None:
+            key, fingerprint = headers[HEADER_KEY], headers[HEADER_FINGERPRINT]
+        else:
+            key, fingerprint = self.key_for(args, kwargs, per_call_key)
+        headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
+        # A call that names its task id has promised that id to someone: Celery's canvas
+        # (chain, group, chord freeze their members' ids) or the caller; a call with
+        # callbacks has promised to run them.  It must get a message of its own, so the
+        # claim dedupes it (skipped, with the first run's result), not the producer.
+        # Retries and deferrals republish the running task under its own id: promised too.
+        promised = task_id is not None or bool(link or link_error)
+        task_id = task_id or str(uuid.uuid4())
+        if self.deadline is not None and options.get("expires") is None:
+            options["expires"] = self.deadline
+        # A republish of the running task itself (retry, deferral) goes out even with the
+        # store down, and its PENDING was recorded by the first publish.
+        internal = task_id == self.request.id
+        app = self._get_app()
+        connection = options.pop("connection", None)
+        if connection is not None and producer is None:  # what send_task would do with it
+            producer = app.amqp.Producer(connection, auto_declare=False)
+        publish = functools.partial(
+            super().apply_async, args, kwargs, task_id=task_id, link=link,
+            link_error=link_error, shadow=shadow, headers=headers, **options,
+        )
+        if app.conf.task_always_eager:
+            return publish(producer=producer)
+        answer = self._before_publish(
+            task_id, key, fingerprint, args, kwargs,
+            {**options, "headers": headers, "link": link, "link_error": link_error,
+             "shadow": shadow},
+            dedupe=not promised,
+        )
+        if answer is None:
+            result = publish(producer=producer)
+        else:
+            with app.producer_or_acquire(producer) as real:
+                gate = _PublishGate(real, lambda: self._judge(answer, task_id, key, internal))
+                try:
+                    result = publish(producer=gate)
+                except _AlreadyPublished as existing:
+                    rec = recorder(app)
+                    rec.transition(task_id, self.name, key, State.PENDING)
+                    rec.transition(task_id, self.name, key, State.DEDUPLICATED,
+                                   detail={"existing_task": existing.task_id})
+                    return self.AsyncResult(existing.task_id)
+        if not internal:
+            attempt = int(options.get("retries") or 0) + 1
+            recorder(app).transition(task_id, self.name, key, State.PENDING, attempt=attempt)
+        return result
+
+    def _before_publish(
+        self, task_id: str, key: str, fingerprint: str, args: Sequence[Any],
+        kwargs: Mapping[str, Any], options: Mapping[str, Any], dedupe: bool,
+    ) -> Answer | None:
+        """Start persisting the record and the dedupe check (``dedupe``: this call may be
+        answered by an existing task); None when there is nothing to do.
+
+        The answer is read by :meth:`_judge` only when Celery hands the built message
+        to the producer, so the store's round trip overlaps building it.
+        """
+        settings = self.reliable_settings()
+        dedupe = dedupe and settings.dedupe_on_publish
+        store = self.reliable.store
+        if settings.persist_on_publish:
+            record, delay = encode(
+                self._get_app(), name=self.name, task_id=task_id, key=key,
+                fingerprint=fingerprint, args=args, kwargs=kwargs, options=options,
+            )
+            return store.publish_soon(record, delay + settings.rescue_after, dedupe)
+        if dedupe:
+            return store.lookup_soon(key, fingerprint)
+        return None
+
+    def _judge(self, answer: Answer, task_id: str, key: str, internal: bool) -> None:
+        """The store's answer, just before the message goes out: returns to publish it;
+        raises :class:`_AlreadyPublished` (an existing task stands for this call),
+        :class:`IdempotencyKeyConflict` or :class:`StoreUnavailable` to stop it."""
+        settings = self.reliable_settings()
+        try:
+            outcome = answer()
+        except StoreUnavailable as exc:
+            if internal or settings.on_store_down_at_publish == "publish":
+                self.reliable.count("published_unrecorded")
+                logger.error("publishing %s[%s] unrecorded: %s", self.name, task_id, exc)
+                return
+            raise
+        if outcome.status is PublishStatus.NEW:
+            return
+        if outcome.status is PublishStatus.CONFLICT and settings.on_key_conflict == "error":
+            raise IdempotencyKeyConflict(
+                f"idempotency key {key!r} of {self.name} was used by task {outcome.task_id} "
+                "with different arguments; build the key from every argument that changes "
+                "the outcome, or pass a distinct idempotency_key"
+            )
+        self.reliable.count("deduplicated_on_publish")
+        logger.info(
+            "not publishing %s with key %r: %s as task %s",
+            self.name, key, outcome.status.value.replace("_", " "), outcome.task_id,
+        )
+        raise _AlreadyPublished(outcome.task_id)
