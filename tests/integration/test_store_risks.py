@@ -25,7 +25,7 @@ from celery_reliable import ReliableTask
 from celery_reliable.cli.store import reliable_store
 from celery_reliable.runtime import reset
 from celery_reliable.stores import open_store
-from celery_reliable.stores.redis import redis_risks
+from celery_reliable.stores.redis_base import redis_risks
 from tests.servers import IN_CI
 
 AT_RISK = ("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru",

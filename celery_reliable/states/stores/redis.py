@@ -48,7 +48,8 @@ from celery_reliable.states.model import (
 )
 from celery_reliable.states.stores.base import SharedStoreStateStore, stuck_states
 from celery_reliable.stores.base import Store
-from celery_reliable.stores.redis import RedisStore, _guarded
+from celery_reliable.stores.redis import RedisStore
+from celery_reliable.stores.redis_base import guarded
 
 #: Transitions per record script, one round trip each.  Redis runs nothing else while
 #: a script runs, and this one takes 15-30 us per transition: a flush of hundreds of
@@ -105,7 +106,7 @@ class RedisStateStore(SharedStoreStateStore):
         return self.tags[zlib.crc32(task_id.encode()) % self.shards if self.shards > 1 else 0]
 
     # -- writes ----------------------------------------------------------------------
-    @_guarded
+    @guarded
     def record(self, transitions: Sequence[Transition]) -> RecordResult:
         chunks = _chunks(transitions, self._tag)
         calls = [
@@ -129,7 +130,7 @@ class RedisStateStore(SharedStoreStateStore):
                 rejected.append(Rejection(t, _state(reply[at + 1]), _state(reply[at + 2])))
         return RecordResult(written, duplicates, tuple(rejected))
 
-    @_guarded
+    @guarded
     def prune(self, before: float, limit: int = 1000) -> int:
         pruned = 0
         for tag in self.tags:
@@ -141,16 +142,16 @@ class RedisStateStore(SharedStoreStateStore):
         return pruned
 
     # -- reads ---------------------------------------------------------------------
-    @_guarded
+    @guarded
     def current(self, task_id: str) -> TaskState | None:
         values = self.client.hgetall(f"{self._tag(task_id)}c:{task_id}")
         return _current(task_id, cast(Mapping[str, str], values)) if values else None
 
-    @_guarded
+    @guarded
     def timeline(self, task_id: str) -> list[Transition]:
         return self._timelines([task_id])
 
-    @_guarded
+    @guarded
     def timeline_by_key(self, key: str) -> list[Transition]:
         pipe = self.client.pipeline(transaction=False)
         for tag in self.tags:
@@ -174,7 +175,7 @@ class RedisStateStore(SharedStoreStateStore):
             for entry, score in _scored(entries)
         ]
 
-    @_guarded
+    @guarded
     def stuck(
         self, older_than_seconds: float, states: Collection[State] | None = None,
         limit: int = 100,
@@ -199,7 +200,7 @@ class RedisStateStore(SharedStoreStateStore):
             if values.get("state") == state.value
         ]
 
-    @_guarded
+    @guarded
     def stats(self, window_seconds: float) -> Stats:
         first, last = stats_range(window_seconds, time.time())
         pipe = self.client.pipeline(transaction=False)

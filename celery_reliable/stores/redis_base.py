@@ -1,0 +1,213 @@
+"""What every part of the Redis store shares: the client, the scripts, key names,
+error translation and the lean script calls (``redis_calls.py``)."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+from redis.commands.core import Script
+
+from celery_reliable.errors import StoreError, StoreUnavailable
+from celery_reliable.stores.base import (
+    Store,
+    TaskRecord,
+)
+from celery_reliable.stores.redis_calls import ScriptCaller
+
+KEY_STATES = {"Q": "queued", "R": "running", "D": "done", "X": "dead"}
+RECORD_FIELDS = ("name", "key", "fp", "body", "ctype", "cenc", "opts", "pub", "state", "resc")
+
+T = TypeVar("T")
+
+
+def ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def redis_risks(
+    url: str, policy: str, maxmemory: int, appendonly: str | None, save: str | None
+) -> list[str]:
+    """What :meth:`RedisStore.risks` says of a server with these settings (``None``:
+    unknown)."""
+    found = []
+    if maxmemory and policy != "noeviction":
+        found.append(
+            f"Redis store {url} may evict keys (maxmemory {maxmemory} bytes, "
+            f"maxmemory-policy {policy}): completed keys, leases and task records all "
+            "carry a TTL, so under memory pressure they can be dropped, and then a "
+            "duplicate runs or a lost task is not rescued. Set "
+            "maxmemory-policy noeviction (writes then fail loudly when it is full), or "
+            "give the store a Redis of its own"
+        )
+    if appendonly == "no" and save == "":
+        found.append(
+            f"Redis store {url} does not persist (appendonly no, save \"\"): when it "
+            "restarts it forgets which keys completed and every task record, so "
+            "duplicates can run and lost tasks cannot be rescued. Turn on appendonly "
+            "(or RDB snapshots), or use a SQL store"
+        )
+    return found
+
+
+def translated(url: str, exc: redis.RedisError) -> StoreError:
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return StoreUnavailable(f"Redis store {url} is unreachable: {exc}")
+    return StoreError(f"Redis store {url} refused a command: {exc}")
+
+
+@contextmanager
+def guard(url: str) -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        raise translated(url, exc) from exc
+
+
+def guarded(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(self: RedisBase, *args: Any, **kwargs: Any) -> T:
+        with guard(self.safe_url):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class RedisBase(Store):
+    def __init__(
+        self, url: str, *, prefix: str = "reliable", shards: int = 1,
+        client: redis.Redis | None = None,
+    ) -> None:
+        """``client``: a ready client to use instead of one built from ``url`` (tests)."""
+        self.url = url
+        parts = urlsplit(url)
+        self.safe_url = url.replace(f":{parts.password}@", ":***@") if parts.password else url
+        if client is None:
+            query = parse_qs(parts.query)
+            options: dict[str, Any] = {"decode_responses": True}
+            # A hung store must not hang a task forever: fail closed within seconds.
+            if "socket_timeout" not in query:
+                options["socket_timeout"] = 5.0
+            if "socket_connect_timeout" not in query:
+                options["socket_connect_timeout"] = 2.0
+            options["health_check_interval"] = 30
+            client = redis.Redis.from_url(url, **options)
+        self.client: redis.Redis = client
+        self.prefix = prefix
+        self.shards = shards
+        common = lua_script("common")
+        self._scripts: dict[str, Script] = {
+            name: self.client.register_script(common + lua_script(name))
+            for name in (
+                "publish", "lookup", "claim", "heartbeat", "complete", "release",
+                "dead_letter", "sweep", "sweeper", "budget_deposit", "budget_withdraw",
+                "breaker_check", "breaker_report", "dead_list", "dead_replay", "dead_delete",
+            )
+        }
+        self._caller = ScriptCaller(self.client)
+
+    # -- key names -------------------------------------------------------------
+    def _tag(self, key: str) -> str:
+        shard = zlib.crc32(key.encode()) % self.shards if self.shards > 1 else 0
+        return f"{{{self.prefix}:{shard}}}"
+
+    def _names(self, key: str, task_id: str) -> tuple[str, str, str]:
+        tag = self._tag(key)
+        return f"{tag}:k:{key}", f"{tag}:t:{task_id}", f"{tag}:due"
+
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self.call_script(self._scripts[name], keys, args)
+
+    def call_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call, one round trip, on this thread's connection (also for the
+        state store that shares this store's Redis); redis-py's errors."""
+        return self._caller.call(script, keys, args)
+
+    def drain(self) -> None:
+        with guard(self.safe_url):
+            self._caller.drain()
+
+    def _store_error(self, error: BaseException) -> StoreError:
+        """The error a call sent ahead (``ScriptCaller.send``) came back with, as ours."""
+        if isinstance(error, redis.RedisError):
+            return translated(self.safe_url, error)
+        return StoreError(str(error))
+
+    @guarded
+    def ping(self) -> None:
+        self.client.ping()
+
+    @guarded
+    def risks(self) -> list[str]:
+        """Eviction and persistence: completed keys, leases and task records carry a TTL,
+        so any eviction policy may drop them under memory pressure;
+        and a Redis that does not persist forgets them all when it restarts.  Managed
+        services that refuse ``CONFIG`` are taken to persist (they replicate)."""
+        memory = self.client.info("memory")
+        try:
+            appendonly = self.client.config_get("appendonly").get("appendonly")
+            save = self.client.config_get("save").get("save")
+        except redis.ResponseError:  # CONFIG renamed or refused
+            appendonly = save = None
+        return redis_risks(
+            self.safe_url, str(memory.get("maxmemory_policy", "noeviction")),
+            int(memory.get("maxmemory", 0) or 0), appendonly, save,
+        )
+
+    def close(self) -> None:
+        self._caller.close()
+        self.client.close()
+
+    def after_fork(self) -> None:
+        # redis-py's pool and the script caller notice the new pid by themselves;
+        # drop the pool's sockets eagerly anyway.
+        self.client.connection_pool.reset()
+
+
+def compact_id(task_id: str) -> str:
+    """A UUID task id as ``!`` + 32 hex digits, so a done key fits Redis's inline strings."""
+    if len(task_id) != 36 or task_id.count("-") != 4:
+        return task_id
+    try:
+        return "!" + uuid.UUID(task_id).hex
+    except ValueError:  # 36 characters with four dashes, but not hexadecimal
+        return task_id
+
+
+def expand_id(task_id: str | None) -> str | None:
+    if not task_id:
+        return None
+    if task_id.startswith("!") and len(task_id) == 33:
+        return str(uuid.UUID(task_id[1:]))
+    return task_id
+
+
+def record_of(task_id: str, v: Mapping[Any, Any]) -> TaskRecord:
+    return TaskRecord(
+        task_id=task_id,
+        name=v.get("name") or "",
+        key=v.get("key") or "",
+        fingerprint=v.get("fp") or "",
+        body=v.get("body") or "",
+        content_type=v.get("ctype") or "",
+        content_encoding=v.get("cenc") or "",
+        options=v.get("opts") or "{}",
+        published_at=int(v.get("pub") or 0) / 1000,
+        state=v.get("state") or "queued",
+        rescues=int(v.get("resc") or 0),
+        reason=v.get("reason") or None,
+        error=v.get("error") or None,
+        dead_at=int(v["dead"]) / 1000 if v.get("dead") else None,
+    )
+
+
+@functools.cache
+def lua_script(name: str) -> str:
+    return (resources.files("celery_reliable.stores") / "lua" / f"{name}.lua").read_text()
