@@ -114,9 +114,13 @@ def canonical(arguments: Mapping[str, Any]) -> str:
     return text
 
 
-def fingerprint(arguments: Mapping[str, Any]) -> str:
-    """A short digest of the arguments, stored with the key to catch key reuse (64 bits)."""
-    return hashlib.sha256(canonical(arguments).encode()).hexdigest()[:16]
+def fingerprint(arguments: Mapping[str, Any], text: str | None = None) -> str:
+    """A short digest of the arguments, stored with the key to catch key reuse (64 bits).
+
+    ``text``: their :func:`canonical` text, when the caller has it already (it costs
+    as much as serializing the arguments: 90 us for a list of 200 small dicts)."""
+    text = canonical(arguments) if text is None else text
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def template_fields(template: str) -> list[str]:
@@ -157,10 +161,13 @@ def derive_key(
     arguments: Mapping[str, Any],
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
+    text: str | None = None,
 ) -> str:
-    """The idempotency key of one call from the task's template/callable, else a hash."""
+    """The idempotency key of one call from the task's template/callable, else a hash
+    (``text``: the arguments' :func:`canonical` text, as in :func:`fingerprint`)."""
     if source is None:
-        digest = hashlib.sha256(f"{task_name}\n{canonical(arguments)}".encode()).hexdigest()
+        text = canonical(arguments) if text is None else text
+        digest = hashlib.sha256(f"{task_name}\n{text}".encode()).hexdigest()
         return f"{task_name}:{digest[:32]}"
     if callable(source):
         key = source(*args, **kwargs)

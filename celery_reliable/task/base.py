@@ -122,13 +122,14 @@ class TaskBase(Task):  # type: ignore[misc]
     ) -> tuple[str, str]:
         """(idempotency key, argument fingerprint) of a call."""
         arguments = keys.bind_arguments(self.run, args, kwargs)
-        fingerprint = keys.fingerprint(arguments)
+        text = keys.canonical(arguments)  # once: the fingerprint and a hash key share it
+        fingerprint = keys.fingerprint(arguments, text)
         if key is not None:
             return keys.validate_key(key, self.name), fingerprint
         source: Any = self.key_source
         if isinstance(source, _MethodKey):
             source = functools.partial(source.method, self)
-        return keys.derive_key(self.name, source, arguments, args, kwargs), fingerprint
+        return keys.derive_key(self.name, source, arguments, args, kwargs, text), fingerprint
 
 
 def _is_method(source: Any) -> bool:

@@ -390,3 +390,28 @@ def test_app_wide_task_cls_makes_every_task_reliable() -> None:
         assert calls == [1]
     finally:
         reset(app)
+
+
+def test_a_hash_key_and_the_fingerprint_share_one_serialization(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serializing the arguments is a publish's largest cost for a big payload: done once,
+    with the same key and fingerprint as when each is derived on its own."""
+    from celery_reliable import keys
+
+    @app.task(base=ReliableTask, shared=False, name="shop.import_batch")
+    def import_batch(rows: list[dict[str, Any]]) -> None: ...
+
+    rows = [{"sku": f"s{i}", "qty": i} for i in range(50)]
+    arguments = {"rows": rows}
+    expected = (keys.derive_key("shop.import_batch", None, arguments, (rows,), {}),
+                keys.fingerprint(arguments))
+    canonical, calls = keys.canonical, []
+
+    def counted(arguments: Any) -> str:
+        calls.append(1)
+        return canonical(arguments)
+
+    monkeypatch.setattr(keys, "canonical", counted)
+    assert import_batch.key_for((rows,), {}) == expected
+    assert len(calls) == 1
