@@ -1,3 +1,4 @@
+# mypy: disable-error-code="untyped-decorator"
 """Where ReliableTask's per-task time goes, one piece at a time, in one process.
 
 Why: bench/throughput.py says *how much* slower publish and drain are; this
@@ -9,7 +10,8 @@ reported).  Each line is microseconds per call (wall) and CPU microseconds:
 * ``store.lookup``, ``store.publish``, ``store.claim + complete``: the store's
   Lua round trips, with the same arguments ReliableTask passes;
 * ``hand check``: GET + SET NX + SET, the hand-written 3-round-trip check;
-* ``key_for``, ``records.encode``: the CPU work a publish adds before its round trip;
+* ``key_for``, ``records.encode``: the CPU work a publish adds before its round trip
+  (and ``key_for`` of a task without a key template, on a payload of 200 small dicts);
 * ``apply (eager)``: the whole body path of plain, hand and ours through
   Celery's tracer (``task.apply``), which runs claim and complete for ours.
 """
@@ -31,6 +33,7 @@ import redis
 
 from bench._common import REDIS, command_line, delete_matching, emit, machine, table, tag
 from bench._tput_app import build, task
+from celery_reliable import ReliableTask
 from celery_reliable.records import encode
 from celery_reliable.runtime import reset, runtime
 
@@ -62,6 +65,11 @@ def pieces(prefix: str, db: int) -> tuple[dict[str, Callable[[int], Any]], Calla
         store.claim(f"c:{i}", fp, ids[i], "celery@host:1:abcdef12", 30, 3)
         store.complete(f"c:{i}", fp, "celery@host:1:abcdef12", ids[i], "null", 86400)
 
+    @apps["ours"].task(base=ReliableTask, name="bench.payload", shared=False)
+    def payload(rows: list[dict[str, Any]]) -> None: ...
+
+    rows = [{"sku": f"s{i}", "qty": i, "price": "9.99"} for i in range(200)]
+
     def close() -> None:
         for app in apps.values():
             reset(app)
@@ -74,6 +82,7 @@ def pieces(prefix: str, db: int) -> tuple[dict[str, Callable[[int], Any]], Calla
         "store.publish": lambda i: store.publish(record(i), 60, True),
         "store.claim + complete": claim_complete,
         "key_for": lambda i: ours.key_for((i,), {}),
+        "key_for, hash key, 200 rows": lambda i: payload.key_for(([*rows, {"n": i}],), {}),
         "records.encode": record,
         "apply (eager) plain": lambda i: task(apps["plain"]).apply((i,)),
         "apply (eager) hand": lambda i: task(apps["hand"]).apply((i,)),
