@@ -57,24 +57,24 @@ def redis_risks(
     return found
 
 
-def translated(url: str, exc: redis.RedisError) -> StoreError:
+def _translated(url: str, exc: redis.RedisError) -> StoreError:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return StoreUnavailable(f"Redis store {url} is unreachable: {exc}")
     return StoreError(f"Redis store {url} refused a command: {exc}")
 
 
 @contextmanager
-def guard(url: str) -> Iterator[None]:
+def _guard(url: str) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-        raise translated(url, exc) from exc
+        raise _translated(url, exc) from exc
 
 
 def guarded(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def wrapper(self: RedisBase, *args: Any, **kwargs: Any) -> T:
-        with guard(self.safe_url):
+        with _guard(self.safe_url):
             return method(self, *args, **kwargs)
 
     return wrapper
@@ -102,9 +102,9 @@ class RedisBase(Store):
         self.client: redis.Redis = client
         self.prefix = prefix
         self.shards = shards
-        common = lua_script("common")
+        common = _lua("common")
         self._scripts: dict[str, Script] = {
-            name: self.client.register_script(common + lua_script(name))
+            name: self.client.register_script(common + _lua(name))
             for name in (
                 "publish", "lookup", "claim", "heartbeat", "complete", "release",
                 "dead_letter", "sweep", "sweeper", "budget_deposit", "budget_withdraw",
@@ -131,13 +131,13 @@ class RedisBase(Store):
         return self._caller.call(script, keys, args)
 
     def drain(self) -> None:
-        with guard(self.safe_url):
+        with _guard(self.safe_url):
             self._caller.drain()
 
     def _store_error(self, error: BaseException) -> StoreError:
         """The error a call sent ahead (``ScriptCaller.send``) came back with, as ours."""
         if isinstance(error, redis.RedisError):
-            return translated(self.safe_url, error)
+            return _translated(self.safe_url, error)
         return StoreError(str(error))
 
     @guarded
@@ -209,5 +209,5 @@ def record_of(task_id: str, v: Mapping[Any, Any]) -> TaskRecord:
 
 
 @functools.cache
-def lua_script(name: str) -> str:
+def _lua(name: str) -> str:
     return (resources.files("celery_reliable.stores") / "lua" / f"{name}.lua").read_text()
