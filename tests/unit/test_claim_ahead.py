@@ -47,6 +47,11 @@ def receipt(app: Celery) -> Iterator[Any]:
 def received(app: Celery, task: Any, *args: Any, **options: Any) -> Request:
     """The worker's Request of a message ``task`` published (taken off the queue)."""
     task.apply_async(args, **options)
+    return taken(app, task)
+
+
+def taken(app: Celery, task: Any) -> Request:
+    """The worker's Request of the next message of the task queue (acknowledged)."""
     with app.connection_for_read() as conn:
         message = conn.SimpleQueue(app.conf.task_default_queue).get(timeout=2)
         message.ack()

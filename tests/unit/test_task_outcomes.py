@@ -20,7 +20,7 @@ from celery_reliable.dlq.publisher import DeadLetterPublishError, Publisher
 from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, Transition, recorder, state_store
-from tests.unit.test_claim_ahead import received
+from tests.unit.test_claim_ahead import received, taken
 
 
 def story(app: Celery, task_id: str) -> list[Transition]:
@@ -105,18 +105,10 @@ def test_reject_with_requeue_gives_the_key_back(app: Celery) -> None:
     assert store.dead_letters() == []
 
 
-def _copy_with_other_arguments(app: Celery, task: Any, key: str, *args: Any) -> Any:
-    """A message under ``key`` with arguments other than the ones that hold it, as a
-    producer that does not ask the store sends it (by name, another client)."""
-    fingerprint = task.key_for(args, {})[1]
-    app.send_task(task.name, args, headers={HEADER_KEY: key, HEADER_FINGERPRINT: fingerprint})
-    with app.connection_for_read() as conn:
-        message = conn.SimpleQueue(app.conf.task_default_queue).get(timeout=2)
-        message.ack()
-    return Request(message, app=app, task=task, hostname="w@test")
-
-
-def test_a_key_held_with_other_arguments_is_dead_lettered_at_the_worker(app: Celery) -> None:
+def charged_then_copied(app: Celery) -> tuple[list[int], Request]:
+    """``charge(7, 10)`` ran and holds key ``charge:7``; then a copy under that key with
+    other arguments ran, sent as a producer that does not ask the store sends it (by
+    name, another client).  The amounts the body charged, and the copy's request."""
     runs: list[int] = []
 
     @app.task(base=ReliableTask, shared=False, idempotency_key="charge:{order}")
@@ -125,8 +117,16 @@ def test_a_key_held_with_other_arguments_is_dead_lettered_at_the_worker(app: Cel
         return amount
 
     received(app, charge, 7, 10).execute()
-    copy = _copy_with_other_arguments(app, charge, "charge:7", 7, 99)
+    fingerprint = charge.key_for((7, 99), {})[1]
+    app.send_task(charge.name, (7, 99),
+                  headers={HEADER_KEY: "charge:7", HEADER_FINGERPRINT: fingerprint})
+    copy = taken(app, charge)
     copy.execute()
+    return runs, copy
+
+
+def test_a_key_held_with_other_arguments_is_dead_lettered_at_the_worker(app: Celery) -> None:
+    runs, copy = charged_then_copied(app)
     assert runs == [10]
     [letter] = runtime(app).store.dead_letters()
     assert letter.task_id == copy.id and letter.reason == "key_conflict"
@@ -135,16 +135,7 @@ def test_a_key_held_with_other_arguments_is_dead_lettered_at_the_worker(app: Cel
 
 def test_a_key_held_with_other_arguments_is_skipped_when_told_to(app: Celery) -> None:
     app.conf.reliable_on_key_conflict = "skip"
-    runs: list[int] = []
-
-    @app.task(base=ReliableTask, shared=False, idempotency_key="charge:{order}")
-    def charge(order: int, amount: int) -> int:
-        runs.append(amount)
-        return amount
-
-    received(app, charge, 7, 10).execute()
-    copy = _copy_with_other_arguments(app, charge, "charge:7", 7, 99)
-    copy.execute()
+    runs, copy = charged_then_copied(app)
     assert runs == [10]
     assert runtime(app).store.dead_letters() == []
     told = story(app, copy.id)
