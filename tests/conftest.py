@@ -30,6 +30,18 @@ def app() -> Iterator[Celery]:
 
 
 @pytest.fixture
+def dlq_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DLQ queue refuses every dead letter, as when a publish is not confirmed
+    (``monkeypatch.undo()`` brings it back)."""
+    from celery_reliable.dlq.publisher import DeadLetterPublishError, Publisher
+
+    def down(self: Publisher, queue: str, message: object) -> None:
+        raise DeadLetterPublishError("the DLQ queue did not confirm")
+
+    monkeypatch.setattr(Publisher, "publish", down)
+
+
+@pytest.fixture
 def prefix() -> str:
     """A namespace no other test uses, so tests can share one server."""
     return "t" + uuid.uuid4().hex[:10]

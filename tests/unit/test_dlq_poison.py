@@ -11,7 +11,6 @@ from celery import Celery
 
 from celery_reliable.dlq.api import DeadLetters
 from celery_reliable.dlq.poison import dead_letter_message
-from celery_reliable.dlq.publisher import DeadLetterPublishError, Publisher
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.runtime import runtime
 
@@ -53,15 +52,10 @@ def test_a_poison_message_is_published_and_indexed_with_its_raw_body(
 
 
 def test_a_poison_message_the_dlq_queue_refuses_is_requeued_not_dropped(
-    app: Celery, connection: Any, monkeypatch: pytest.MonkeyPatch
+    app: Celery, connection: Any, dlq_down: None
 ) -> None:
     message = poison(app, connection)
     assert queued(app, connection) == 0
-
-    def down(self: Publisher, queue: str, dead: Any) -> None:
-        raise DeadLetterPublishError("the DLQ queue did not confirm")
-
-    monkeypatch.setattr(Publisher, "publish", down)
     assert not dead_letter_message(app, message, "undecodable", ValueError("bad"), "w@test")
     assert queued(app, connection) == 1  # back in its queue: the next delivery tries again
     assert DeadLetters(app).list().entries == []

@@ -13,8 +13,6 @@ import pytest
 from celery import Celery
 
 from celery_reliable import ReliableTask
-from celery_reliable.dlq import routing
-from celery_reliable.dlq.publisher import DeadLetterPublishError
 from celery_reliable.records import utcnow
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, recorder, state_store
@@ -134,20 +132,16 @@ def test_a_republish_the_broker_refuses_is_counted_and_tried_at_the_next_sweep(
 
 
 def test_a_dead_letter_the_dlq_queue_refuses_is_tried_again_at_the_next_sweep(
-    app: Celery, lost: Any, sweeper: Rescuer, monkeypatch: pytest.MonkeyPatch
+    app: Celery, lost: Any, sweeper: Rescuer, dlq_down: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     handle = lost.apply_async((5,), queue=QUEUE, expires=utcnow() - timedelta(seconds=1))
     lose(app)
-
-    def refused(*args: Any, **kwargs: Any) -> None:
-        raise DeadLetterPublishError("the DLQ queue did not confirm")
-
-    monkeypatch.setattr(routing, "dead_letter", refused)
     assert sweeper.sweep_once() == 1
     store = runtime(app).store
     assert store.get_dead_letter(handle.id) is None
     assert store.get_record(handle.id, "lost:5") is not None  # still pending: not lost
-    monkeypatch.undo()
+    monkeypatch.undo()  # the DLQ queue is back
     later(app)
     assert sweeper.sweep_once() == 1
     letter = store.get_dead_letter(handle.id)

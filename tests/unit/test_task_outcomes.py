@@ -16,7 +16,6 @@ from celery.exceptions import Ignore, Reject
 from celery.worker.request import Request
 
 from celery_reliable import IdempotencyKeyConflict, PermanentError, ReliableTask, StoreUnavailable
-from celery_reliable.dlq.publisher import DeadLetterPublishError, Publisher
 from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, Transition, recorder, state_store
@@ -220,7 +219,7 @@ def run_in_solo_pool(app: Celery, task: Any, *args: Any) -> int:
 
 
 def test_a_final_failure_the_dlq_queue_refuses_is_requeued_not_acknowledged(
-    app: Celery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    app: Celery, dlq_down: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The failure is never acknowledged unrecorded: with the DLQ queue down, the message
     goes back to its queue and the next delivery fails (and dead-letters) again."""
@@ -228,10 +227,6 @@ def test_a_final_failure_the_dlq_queue_refuses_is_requeued_not_acknowledged(
     def pay(n: int) -> None:
         raise PermanentError("card declined")
 
-    def down(self: Publisher, queue: str, message: Any) -> None:
-        raise DeadLetterPublishError("the DLQ queue did not confirm")
-
-    monkeypatch.setattr(Publisher, "publish", down)
     with caplog.at_level(logging.ERROR, logger="celery_reliable"):
         assert run_in_solo_pool(app, pay, 1) == 1  # requeued
     assert "not dead-lettered" in caplog.text and "requeued" in caplog.text
