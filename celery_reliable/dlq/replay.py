@@ -65,7 +65,6 @@ class Replaying:
 
     def batch(self, batch: list[DeadLetter], result: ReplayResult) -> None:
         """Replay one batch of chosen entries, adding to ``result``."""
-        to_queue = self.to_queue
         decoded = {}
         for letter in batch:
             try:
@@ -74,28 +73,27 @@ class Replaying:
                 result.refused[letter.task_id] = str(exc)
         marked = set(self.store.claim_replays(list(decoded), self.force))
         result.skipped += [t for t in decoded if t not in marked]
-        chosen = [(letter, self._call(letter, *call, to_queue=to_queue))
+        chosen = [(letter, self._call(letter, *call))
                   for t, (letter, call) in decoded.items() if t in marked]
-        self._record_replayed([letter for letter, _ in chosen], to_queue)
+        self._record_replayed([letter for letter, _ in chosen])
         chosen = self._persist(chosen, result)
         if self.rate:
-            self._part(chosen, to_queue, result, (self.rate, self.started))
+            self._part(chosen, result, paced=True)
         else:  # the publishes are round trips: overlap a few, one producer per thread
             parts = [chosen[i::REPLAY_THREADS] for i in range(REPLAY_THREADS)]
-            list(pool().map(lambda part: self._part(part, to_queue, result),
+            list(pool().map(lambda part: self._part(part, result),
                             [part for part in parts if part]))
 
     def _part(
-        self, part: list[tuple[DeadLetter, Call]], to_queue: str | None,
-        result: ReplayResult, pace: tuple[float, float] | None = None,
+        self, part: list[tuple[DeadLetter, Call]], result: ReplayResult, paced: bool = False,
     ) -> None:
-        """Publish some replays in order on one producer (``pace``: rate and start time)."""
+        """Publish some replays in order on one producer (``paced``: to ``rate``)."""
         with self.app.producer_or_acquire() as producer:
             for letter, call in part:
-                if pace is not None:
-                    _pace(pace[0], pace[1], len(result.replayed))
+                if paced:
+                    _pace(self.rate, self.started, len(result.replayed))
                 try:
-                    self._republish(letter, *call, to_queue=to_queue, producer=producer)
+                    self._republish(letter, *call, producer=producer)
                 # kombu raises many types when the broker is away: report, keep the entry
                 except Exception as exc:  # noqa: BLE001
                     self._failed(letter, exc)
@@ -105,10 +103,11 @@ class Replaying:
 
     def _call(
         self, letter: DeadLetter, args: list[Any], kwargs: dict[str, Any],
-        options: dict[str, Any], to_queue: str | None,
+        options: dict[str, Any],
     ) -> Call:
         """The call a replay publishes: the original one without what belonged to the
         failed run (retries, its own headers), to ``to_queue`` if given."""
+        to_queue = self.to_queue
         options = {k: v for k, v in options.items() if k not in _REPLAY_DROPPED_OPTIONS}
         options["headers"] = {k: v for k, v in (options.pop("headers", None) or {}).items()
                               if k not in _REPLAY_DROPPED_HEADERS}
@@ -146,7 +145,7 @@ class Replaying:
 
     def _republish(
         self, letter: DeadLetter, args: list[Any], kwargs: dict[str, Any],
-        options: dict[str, Any], to_queue: str | None, producer: Any = None,
+        options: dict[str, Any], producer: Any = None,
     ) -> None:
         r = letter.record
         options = dict(options)
@@ -154,15 +153,16 @@ class Replaying:
         self.app.send_task(r.name, args, kwargs, task_id=r.task_id, headers=headers,
                            retries=0, add_to_parent=False, producer=producer, **options)
         send_task_event(self.app, "replayed", r.task_id, idempotency_key=r.key,
-                        replay=letter.replays + 1, to_queue=to_queue)
+                        replay=letter.replays + 1, to_queue=self.to_queue)
 
-    def _record_replayed(self, letters: list[DeadLetter], to_queue: str | None) -> None:
+    def _record_replayed(self, letters: list[DeadLetter]) -> None:
         """Write REPLAYED before publishing: the worker's RECEIVED must find it there
         (DEAD_LETTERED -> RECEIVED is not a legal move).  Written directly, one call per
         batch; an entry whose history was pruned (older than the state retention) starts
         again at PENDING.  A state store that fails is logged: it never stops a replay."""
         if not recorder(self.app).enabled:
             return
+        to_queue = self.to_queue
         batch = [
             Transition(e.task_id, e.record.name, e.record.key, State.REPLAYED,
                        detail={"replay": e.replays + 1,
