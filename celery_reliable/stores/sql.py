@@ -65,6 +65,8 @@ from celery_reliable.stores.sql_limits import SQLLimits
 
 #: How long a SQLite writer waits for the file's write lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Pause between attempts to switch a new SQLite file to WAL while another holds it.
+_WAL_RETRY_SECONDS = 0.01
 #: Seconds to wait for a PostgreSQL/MariaDB connection: fail closed, do not hang a task.
 CONNECT_TIMEOUT = 5
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
@@ -473,8 +475,29 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     # SQLAlchemy's documented recipe: pysqlite would BEGIN only at the first
     # write, after our reads; switch that off and emit BEGIN ourselves.
     dbapi_connection.isolation_level = None
-    dbapi_connection.execute("PRAGMA journal_mode=WAL")
     dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    _switch_to_wal(dbapi_connection)
+
+
+def _switch_to_wal(dbapi_connection: sqlite3.Connection) -> None:
+    """WAL mode, waiting for the file like any writer (WAL is then kept in the file).
+
+    The switch does not go through the busy timeout: when several processes open
+    a new file at once, all but one got "database is locked" at once (a worker's
+    first task failing closed, or a concurrent ``migrate`` failing).  So the
+    switch is retried until the busy timeout would have given up.
+    """
+    if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(_WAL_RETRY_SECONDS)
 
 
 def _sqlite_begin(conn: Connection) -> None:

@@ -8,6 +8,7 @@ comparison on MariaDB, the sweep's index and atomicity across processes.
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -299,6 +300,24 @@ def test_relative_sqlite_path(
     assert store.claim("k", FP, "t1", "a", 30, max_lost=3).runs
     store.close()
     assert (tmp_path / "relative.db").is_file()
+
+
+def test_a_new_sqlite_file_held_by_another_process_is_waited_for(
+    prefix: str, tmp_path: Path
+) -> None:
+    """Switching a new file to WAL skips the busy timeout: without a retry, this raised."""
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another worker opening the file, mid-migrate
+    threading.Timer(0.3, holder.rollback).start()
+    store = open_sql(f"sqlite:///{path}", prefix)
+    try:
+        store.migrate()
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        store.close()
+        holder.close()
 
 
 @pytest.mark.parametrize("bad", ["my-app", "reliable; DROP TABLE x", "Upper", "x" * 41, ""])
