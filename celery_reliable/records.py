@@ -65,14 +65,19 @@ def encode(
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     options: Mapping[str, Any],
+    serializer: str | None = None,
 ) -> tuple[TaskRecord, float]:
-    """The record of one publish, and seconds until it is due to run (its ETA)."""
+    """The record of one publish, and seconds until it is due to run (its ETA).
+
+    ``serializer``: the task's own (``Task.serializer``), which a per-call
+    ``serializer`` option overrides; without either, the app's ``task_serializer``.
+    """
     now = utcnow()
     eta = _absolute(options.get("eta"), now)
     if eta is None and options.get("countdown") is not None:
         eta = _absolute(options["countdown"], now)
     expires = _absolute(options.get("expires"), now)
-    serializer = options.get("serializer") or app.conf.task_serializer
+    serializer = options.get("serializer") or serializer or app.conf.task_serializer
     try:
         content_type, encoding, data = serialization.dumps(
             (list(args), dict(kwargs)), serializer

@@ -106,7 +106,7 @@ class Outcomes(TaskBase):
                 self._get_app(), name=self.name, task_id=request.id, key=key,
                 fingerprint=(request.headers or {}).get(HEADER_FINGERPRINT, ""),
                 args=request.args or (), kwargs=request.kwargs or {},
-                options={"headers": request.headers or {}},
+                options={"headers": request.headers or {}}, serializer=self.serializer,
             )
         except ReliableError:
             # Arguments that cannot be serialized: keep who and why, without the call.

@@ -20,6 +20,7 @@ from celery.result import AsyncResult
 from celery_reliable.errors import IdempotencyKeyConflict, StoreUnavailable
 from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.records import encode
+from celery_reliable.settings import Settings
 from celery_reliable.states import State, recorder
 from celery_reliable.stores.base import Answer, PublishStatus
 from celery_reliable.task.base import TaskBase
@@ -91,8 +92,9 @@ class Publishing(TaskBase):
         if self.deadline is not None and options.get("expires") is None:
             options["expires"] = self.deadline
         # A republish of the running task itself (retry, deferral) goes out even with the
-        # store down, and its PENDING was recorded by the first publish.
-        internal = task_id == self.request.id
+        # store down, and its PENDING was recorded by the first publish.  It always names
+        # its id, so a call without one needs no look at the request.
+        internal = promised and task_id == self.request.id
         app = self._get_app()
         connection = options.pop("connection", None)
         if connection is not None and producer is None:  # what send_task would do with it
@@ -103,17 +105,19 @@ class Publishing(TaskBase):
         )
         if app.conf.task_always_eager:
             return publish(producer=producer)
+        settings = self.reliable_settings()
         answer = self._before_publish(
-            task_id, key, fingerprint, args, kwargs,
-            {**options, "headers": headers, "link": link, "link_error": link_error,
-             "shadow": shadow},
+            settings, task_id, key, fingerprint, args, kwargs,
+            lambda: {**options, "headers": headers, "link": link, "link_error": link_error,
+                     "shadow": shadow},
             dedupe=not promised,
         )
         if answer is None:
             result = publish(producer=producer)
         else:
             with app.producer_or_acquire(producer) as real:
-                gate = _PublishGate(real, lambda: self._judge(answer, task_id, key, internal))
+                gate = _PublishGate(
+                    real, lambda: self._judge(settings, answer, task_id, key, internal))
                 try:
                     result = publish(producer=gate)
                 except _AlreadyPublished as existing:
@@ -128,33 +132,36 @@ class Publishing(TaskBase):
         return result
 
     def _before_publish(
-        self, task_id: str, key: str, fingerprint: str, args: Sequence[Any],
-        kwargs: Mapping[str, Any], options: Mapping[str, Any], dedupe: bool,
+        self, settings: Settings, task_id: str, key: str, fingerprint: str,
+        args: Sequence[Any], kwargs: Mapping[str, Any],
+        options: Callable[[], Mapping[str, Any]], dedupe: bool,
     ) -> Answer | None:
         """Start persisting the record and the dedupe check (``dedupe``: this call may be
-        answered by an existing task); None when there is nothing to do.
+        answered by an existing task); None when there is nothing to do.  ``options``:
+        the publish options, built only when a record is written.
 
         The answer is read by :meth:`_judge` only when Celery hands the built message
         to the producer, so the store's round trip overlaps building it.
         """
-        settings = self.reliable_settings()
         dedupe = dedupe and settings.dedupe_on_publish
-        store = self.reliable.store
         if settings.persist_on_publish:
             record, delay = encode(
                 self._get_app(), name=self.name, task_id=task_id, key=key,
-                fingerprint=fingerprint, args=args, kwargs=kwargs, options=options,
+                fingerprint=fingerprint, args=args, kwargs=kwargs, options=options(),
+                serializer=self.serializer,
             )
-            return store.publish_soon(record, delay + settings.rescue_after, dedupe)
+            return self.reliable.store.publish_soon(
+                record, delay + settings.rescue_after, dedupe)
         if dedupe:
-            return store.lookup_soon(key, fingerprint)
+            return self.reliable.store.lookup_soon(key, fingerprint)
         return None
 
-    def _judge(self, answer: Answer, task_id: str, key: str, internal: bool) -> None:
+    def _judge(
+        self, settings: Settings, answer: Answer, task_id: str, key: str, internal: bool
+    ) -> None:
         """The store's answer, just before the message goes out: returns to publish it;
         raises :class:`_AlreadyPublished` (an existing task stands for this call),
         :class:`IdempotencyKeyConflict` or :class:`StoreUnavailable` to stop it."""
-        settings = self.reliable_settings()
         try:
             outcome = answer()
         except StoreUnavailable as exc:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery_reliable.errors import StoreError
+from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.stores.base import ClaimAnswer
 from celery_reliable.worker.owner import owner_token
 
@@ -65,8 +66,6 @@ class ClaimAhead:
 
     def send(self, task: Any, request: Any, consumer: Any) -> None:
         """At ``task_received``: write the claim now if the body will follow at once."""
-        from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
-
         if self._ahead is not None:  # its task never reached the body
             self._give_back(self._ahead)
             self._ahead = None

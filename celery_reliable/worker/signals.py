@@ -87,6 +87,7 @@ def _record_of(task: Any, request: Any, key: str) -> TaskRecord:
             task._get_app(), name=task.name, task_id=request.id, key=key,
             fingerprint=headers.get("reliable_fp", ""), args=getattr(request, "args", ()) or (),
             kwargs=getattr(request, "kwargs", {}) or {}, options={"headers": headers},
+            serializer=task.serializer,
         )
     except ReliableError:
         return TaskRecord(request.id, task.name, key, "", "", "", "", "{}")

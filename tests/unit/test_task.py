@@ -327,6 +327,21 @@ def test_unserializable_arguments_are_a_clear_error(app: Celery) -> None:
         takes.delay(1, object())
 
 
+def test_the_record_is_written_with_the_tasks_own_serializer(app: Celery) -> None:
+    """A task declared ``serializer="pickle"`` has its record written with pickle, so a
+    rescue republishes the call it made (JSON, the app's default, made a tuple a list)."""
+    app.conf.accept_content = ["json", "pickle"]
+
+    @app.task(base=ReliableTask, idempotency_key="pair:{n}", serializer="pickle", shared=False)
+    def takes(n: int, pair: tuple[int, int]) -> None: ...
+
+    result = takes.delay(1, (1, 2))
+    record = runtime(app).store.get_record(result.id, "pair:1")
+    assert record is not None and record.content_type == "application/x-python-serialize"
+    args, kwargs, _ = decode(app, record)
+    assert (args, kwargs) == ([1, (1, 2)], {})
+
+
 def test_store_down_at_publish_raises_by_default(app: Celery) -> None:
     app.conf.reliable_store_url = "redis://127.0.0.1:1/0"
 
