@@ -46,7 +46,7 @@ from celery_reliable.dlq.api import DeadLetters
 from celery_reliable.dlq.message import build
 from celery_reliable.dlq.publisher import publisher
 from celery_reliable.runtime import reset, runtime
-from celery_reliable.stores.base import DeadLetterQuery, Failure, TaskRecord
+from celery_reliable.stores.model import DeadLetterQuery, Failure, TaskRecord
 
 NAMES = ("shop.charge", "shop.refund", "shop.ship", "shop.mail")
 REASONS = ("attempts_exhausted", "permanent_error", "expired")

@@ -54,7 +54,7 @@ from bench._common import (
 from bench._tput_app import build, task
 from celery_reliable.records import encode
 from celery_reliable.runtime import reset
-from celery_reliable.stores.base import PublishOutcome, PublishStatus
+from celery_reliable.stores.model import PublishOutcome, PublishStatus
 from celery_reliable.stores.redis_calls import pack
 
 CHUNK = 100

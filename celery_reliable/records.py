@@ -26,7 +26,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError, EncodeError
 from kombu.utils.json import JSONEncoder
 
 from celery_reliable.errors import UnpersistableTask
-from celery_reliable.stores.base import TaskRecord
+from celery_reliable.stores.model import TaskRecord
 
 #: publish options that are objects of this process, not part of the call
 _LOCAL_OPTIONS = frozenset(

@@ -26,7 +26,7 @@ from celery import Celery
 
 from celery_reliable.cli.output import ask, echo_json, table
 from celery_reliable.dlq.api import DeadLetters, Entry
-from celery_reliable.stores.base import DeadLetterQuery
+from celery_reliable.stores.model import DeadLetterQuery
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

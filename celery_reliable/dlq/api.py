@@ -39,11 +39,8 @@ from celery_reliable.dlq.replay import Replaying, call_of
 from celery_reliable.errors import ConfigurationError, ReliableError
 from celery_reliable.runtime import runtime
 from celery_reliable.states import Transition, queries
-from celery_reliable.stores.base import (
-    DeadLetter,
-    DeadLetterQuery,
-    Store,
-)
+from celery_reliable.stores.base import Store
+from celery_reliable.stores.model import DeadLetter, DeadLetterQuery
 
 logger = logging.getLogger("celery_reliable.dlq")
 

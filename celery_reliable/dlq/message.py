@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_reliable.records import BINARY
-from celery_reliable.stores.base import Failure, TaskRecord
+from celery_reliable.stores.model import Failure, TaskRecord
 
 FORMAT = 1
 P = "x-reliable-"

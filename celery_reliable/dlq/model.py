@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from celery_reliable.states import Transition
-from celery_reliable.stores.base import DeadLetter
+from celery_reliable.stores.model import DeadLetter
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from celery_reliable.dlq.message import body_text
 from celery_reliable.dlq.publisher import DeadLetterPublishError
 from celery_reliable.errors import ReliableError
 from celery_reliable.runtime import runtime
-from celery_reliable.stores.base import TaskRecord
+from celery_reliable.stores.model import TaskRecord
 
 logger = logging.getLogger("celery_reliable.dlq")
 

@@ -21,7 +21,7 @@ from celery_reliable.dlq import broker, routing
 from celery_reliable.dlq.message import UNREADABLE_REASONS, Unreadable, build
 from celery_reliable.dlq.model import ReconcileResult
 from celery_reliable.dlq.publisher import publisher
-from celery_reliable.stores.base import DeadLetterQuery, Failure, TaskRecord
+from celery_reliable.stores.model import DeadLetterQuery, Failure, TaskRecord
 
 if TYPE_CHECKING:
     from celery_reliable.dlq.api import DeadLetters

@@ -33,7 +33,8 @@ from celery_reliable.errors import ReliableError
 from celery_reliable.runtime import runtime
 from celery_reliable.states import TERMINAL, State, Transition, recorder, state_store
 from celery_reliable.states.runtime import states_of
-from celery_reliable.stores.base import DeadLetter, Store
+from celery_reliable.stores.base import Store
+from celery_reliable.stores.model import DeadLetter
 
 logger = logging.getLogger("celery_reliable.dlq")
 

@@ -38,7 +38,7 @@ from celery_reliable.dlq.publisher import DeadLetterPublishError, publisher
 from celery_reliable.dlq.signals import task_dead_lettered
 from celery_reliable.runtime import runtime
 from celery_reliable.settings import Settings
-from celery_reliable.stores.base import Failure, TaskRecord, record_queue
+from celery_reliable.stores.model import Failure, TaskRecord, record_queue
 
 logger = logging.getLogger("celery_reliable.dlq")
 

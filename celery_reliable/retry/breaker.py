@@ -18,7 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from celery_reliable.stores.base import BreakerCheck
+from celery_reliable.stores.model import BreakerCheck
 
 if TYPE_CHECKING:
     from celery_reliable.runtime import Runtime

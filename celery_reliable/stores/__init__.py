@@ -10,7 +10,8 @@ import importlib
 from urllib.parse import urlsplit
 
 from celery_reliable.errors import ConfigurationError
-from celery_reliable.stores.base import (
+from celery_reliable.stores.base import Store
+from celery_reliable.stores.model import (
     Claim,
     ClaimStatus,
     DeadLetter,
@@ -21,7 +22,6 @@ from celery_reliable.stores.base import (
     Lease,
     PublishOutcome,
     PublishStatus,
-    Store,
     SweepPolicy,
     TaskRecord,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from celery_reliable.stores.base import (
+from celery_reliable.stores.model import (
     BreakerCheck,
     Claim,
     ClaimStatus,

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from celery_reliable.stores import decisions
-from celery_reliable.stores.base import (
+from celery_reliable.stores.base import Store
+from celery_reliable.stores.model import (
     BreakerCheck,
     Claim,
     DeadLetter,
@@ -23,7 +24,6 @@ from celery_reliable.stores.base import (
     KeyState,
     Lease,
     PublishOutcome,
-    Store,
     SweepPolicy,
     TaskRecord,
     after_cursor,

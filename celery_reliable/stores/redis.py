@@ -32,19 +32,16 @@ from typing import Any
 import redis
 
 from celery_reliable.errors import StoreError
-from celery_reliable.stores.base import (
-    Answer,
+from celery_reliable.stores.base import Answer, ClaimAnswer, Completion, answered
+from celery_reliable.stores.model import (
     Claim,
-    ClaimAnswer,
     ClaimStatus,
-    Completion,
     KeyState,
     Lease,
     PublishOutcome,
     PublishStatus,
     SweepPolicy,
     TaskRecord,
-    answered,
 )
 from celery_reliable.stores.redis_base import (
     KEY_STATES,

@@ -16,10 +16,8 @@ import redis
 from redis.commands.core import Script
 
 from celery_reliable.errors import StoreError, StoreUnavailable
-from celery_reliable.stores.base import (
-    Store,
-    TaskRecord,
-)
+from celery_reliable.stores.base import Store
+from celery_reliable.stores.model import TaskRecord
 from celery_reliable.stores.redis_calls import ScriptCaller
 
 KEY_STATES = {"Q": "queued", "R": "running", "D": "done", "X": "dead"}

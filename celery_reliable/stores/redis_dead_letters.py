@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from celery_reliable.stores.base import (
+from celery_reliable.stores.model import (
     DeadLetter,
     DeadLetterPage,
     DeadLetterQuery,

@@ -3,9 +3,7 @@ second counters with a TTL, and one hash per breaker; a script each."""
 
 from __future__ import annotations
 
-from celery_reliable.stores.base import (
-    BreakerCheck,
-)
+from celery_reliable.stores.model import BreakerCheck
 from celery_reliable.stores.redis_base import RedisBase, guarded, ms
 
 

@@ -49,7 +49,7 @@ from sqlalchemy.engine import URL
 
 from celery_reliable.errors import ConfigurationError
 from celery_reliable.stores import decisions, migrations
-from celery_reliable.stores.base import (
+from celery_reliable.stores.model import (
     Claim,
     Failure,
     KeyState,

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, delete, func, or_, select, update
 
-from celery_reliable.stores.base import (
+from celery_reliable.stores.model import (
     DeadLetter,
     DeadLetterPage,
     DeadLetterQuery,

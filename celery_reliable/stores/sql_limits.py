@@ -13,7 +13,7 @@ from dataclasses import asdict
 from sqlalchemy import Connection, delete, func, select, update
 
 from celery_reliable.stores import decisions
-from celery_reliable.stores.base import BreakerCheck
+from celery_reliable.stores.model import BreakerCheck
 from celery_reliable.stores.sql_base import SQLBase
 
 #: Seconds of retry-budget counters kept (Redis keeps them as long): windows up to this.

@@ -38,7 +38,7 @@ from celery_reliable.retry.policy import RetryPolicy, Verdict
 from celery_reliable.runtime import Runtime
 from celery_reliable.settings import Settings
 from celery_reliable.states import State
-from celery_reliable.stores.base import BreakerCheck, ClaimStatus, Lease
+from celery_reliable.stores.model import BreakerCheck, ClaimStatus, Lease
 from celery_reliable.task.outcomes import Outcomes
 from celery_reliable.worker.owner import owner_token
 

@@ -27,7 +27,7 @@ from celery_reliable.headers import HEADER_DEFERS, HEADER_FINGERPRINT, HEADER_KE
 from celery_reliable.records import encode
 from celery_reliable.settings import Settings
 from celery_reliable.states import State, recorder
-from celery_reliable.stores.base import Claim, ClaimStatus
+from celery_reliable.stores.model import Claim, ClaimStatus
 from celery_reliable.task.base import TaskBase
 
 logger = logging.getLogger("celery_reliable")
@@ -98,7 +98,7 @@ class Outcomes(TaskBase):
 
     def _fallback_record(self, key: str) -> Any:
         """The record to keep when none was persisted at publish (persist off)."""
-        from celery_reliable.stores.base import TaskRecord
+        from celery_reliable.stores.model import TaskRecord
 
         request = self.request
         try:

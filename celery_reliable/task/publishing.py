@@ -22,7 +22,8 @@ from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.records import encode
 from celery_reliable.settings import Settings
 from celery_reliable.states import State, recorder
-from celery_reliable.stores.base import Answer, PublishStatus
+from celery_reliable.stores.base import Answer
+from celery_reliable.stores.model import PublishStatus
 from celery_reliable.task.base import TaskBase
 
 logger = logging.getLogger("celery_reliable")

@@ -17,7 +17,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from celery_reliable.errors import StoreError
-from celery_reliable.stores.base import Lease
+from celery_reliable.stores.model import Lease
 
 if TYPE_CHECKING:
     from celery_reliable.runtime import Runtime

@@ -41,7 +41,7 @@ from celery_reliable.dlq.events import send_task_event
 from celery_reliable.dlq.publisher import DeadLetterPublishError
 from celery_reliable.errors import StoreError
 from celery_reliable.states import State, prune_expired, recorder
-from celery_reliable.stores.base import Failure, SweepPolicy, TaskRecord
+from celery_reliable.stores.model import Failure, SweepPolicy, TaskRecord
 
 if TYPE_CHECKING:
     from celery_reliable.runtime import Runtime

@@ -22,7 +22,7 @@ from celery_reliable.dlq.events import send_task_event
 from celery_reliable.errors import ReliableError, StoreError
 from celery_reliable.records import encode
 from celery_reliable.states import State, flush_all, recorder
-from celery_reliable.stores.base import Failure, TaskRecord
+from celery_reliable.stores.model import Failure, TaskRecord
 from celery_reliable.worker.claim_ahead import on_task_received
 
 logger = logging.getLogger("celery_reliable")

@@ -15,7 +15,7 @@ from kombu import Connection, Exchange, Queue
 from celery_reliable.dlq import DeadLetters
 from celery_reliable.dlq.message import DeadLetterMessage
 from celery_reliable.states import State, queries
-from celery_reliable.stores.base import DeadLetterQuery
+from celery_reliable.stores.model import DeadLetterQuery
 from tests.harness import wait_for
 from tests.shopfixture import Shop
 

@@ -13,7 +13,7 @@ import pytest
 
 from celery_reliable import records
 from celery_reliable.dlq import routing
-from celery_reliable.stores.base import Failure
+from celery_reliable.stores.model import Failure
 from tests.harness import ROOT
 from tests.shopfixture import Shop
 

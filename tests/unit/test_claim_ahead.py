@@ -17,7 +17,8 @@ from celery.worker.request import Request
 
 from celery_reliable import ReliableTask
 from celery_reliable.runtime import runtime
-from celery_reliable.stores.base import ClaimStatus, DeadLetterQuery, Store
+from celery_reliable.stores.base import Store
+from celery_reliable.stores.model import ClaimStatus, DeadLetterQuery
 from celery_reliable.worker.claim_ahead import on_task_received
 from celery_reliable.worker.steps import _runs_inline
 

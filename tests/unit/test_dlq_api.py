@@ -15,7 +15,7 @@ from celery_reliable.dlq.signals import task_dead_lettered
 from celery_reliable.errors import ConfigurationError, StoreUnavailable
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, queries, recorder, state_store
-from celery_reliable.stores.base import DeadLetterQuery
+from celery_reliable.stores.model import DeadLetterQuery
 
 
 def drain(app: Celery, queue: str) -> list[Any]:

@@ -21,7 +21,7 @@ from celery_reliable.dlq.message import (
     parse,
 )
 from celery_reliable.runtime import runtime
-from celery_reliable.stores.base import Failure, TaskRecord
+from celery_reliable.stores.model import Failure, TaskRecord
 
 
 def dead_record(body: str = '[[42], {"x": 1}]', content_type: str = "application/json",

@@ -12,8 +12,8 @@ from celery import Celery
 
 from celery_reliable import StoreUnavailable
 from celery_reliable.runtime import runtime
-from celery_reliable.stores.base import Lease
 from celery_reliable.stores.memory import MemoryStore
+from celery_reliable.stores.model import Lease
 from celery_reliable.worker.heartbeat import Heartbeat
 
 FP = "0123456789abcdef"

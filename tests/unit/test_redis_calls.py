@@ -163,7 +163,7 @@ def test_complete_soon_answers_like_complete(client: redis.Redis) -> None:
 
 
 def test_publish_soon_answers_like_publish(client: redis.Redis) -> None:
-    from celery_reliable.stores.base import PublishStatus, TaskRecord
+    from celery_reliable.stores.model import PublishStatus, TaskRecord
 
     store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
     first, second = (
@@ -202,7 +202,7 @@ def _lose_the_reply_once_it_ran(store: RedisStore, ran: Callable[[], bool]) -> N
 def test_a_publish_made_again_after_a_lost_reply_finds_its_own_record(
     client: redis.Redis,
 ) -> None:
-    from celery_reliable.stores.base import PublishStatus, TaskRecord
+    from celery_reliable.stores.model import PublishStatus, TaskRecord
 
     store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
     mine = TaskRecord(str(uuid.uuid4()), "t", "k", "0123456789abcdef", "[]",
@@ -216,7 +216,7 @@ def test_a_publish_made_again_after_a_lost_reply_finds_its_own_record(
 def test_a_claim_made_again_after_a_lost_reply_is_still_a_first_claim(
     client: redis.Redis,
 ) -> None:
-    from celery_reliable.stores.base import ClaimStatus
+    from celery_reliable.stores.model import ClaimStatus
 
     store = RedisStore("redis://unused", prefix="t" + uuid.uuid4().hex[:10], client=client)
     answer = store.claim_soon("k", "0123456789abcdef", str(uuid.uuid4()), "me", 30, 3)

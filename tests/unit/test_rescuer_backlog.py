@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from celery_reliable import ReliableTask
 from celery_reliable.runtime import reset, runtime
 from celery_reliable.states import State, Transition, state_store
-from celery_reliable.stores.base import SweepPolicy
 from celery_reliable.stores.memory import MemoryStore
+from celery_reliable.stores.model import SweepPolicy
 from celery_reliable.stores.sql import SQLStore
 from celery_reliable.worker import rescue
 from celery_reliable.worker.rescue import Rescuer

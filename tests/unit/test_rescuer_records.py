@@ -16,8 +16,8 @@ from celery_reliable import ReliableTask
 from celery_reliable.records import utcnow
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, recorder, state_store
-from celery_reliable.stores.base import SweepPolicy
 from celery_reliable.stores.memory import MemoryStore
+from celery_reliable.stores.model import SweepPolicy
 from celery_reliable.worker.rescue import Rescuer
 
 QUEUE = "lostq"

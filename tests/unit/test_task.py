@@ -364,7 +364,7 @@ def test_store_down_at_publish_can_publish_anyway(app: Celery) -> None:
 
 
 def test_rescuer_republishes_a_lost_record_to_its_queue(app: Celery) -> None:
-    from celery_reliable.stores.base import SweepPolicy
+    from celery_reliable.stores.model import SweepPolicy
     from celery_reliable.worker.rescue import Rescuer
 
     @app.task(base=ReliableTask, shared=False, name="shop.lost")
