@@ -25,7 +25,6 @@ duplicate run); one running behind rescues late.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -36,16 +35,12 @@ from sqlalchemy import (
     RowMapping,
     Select,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
-    make_url,
     or_,
     select,
     update,
 )
-from sqlalchemy.engine import URL
 
 from celery_reliable.errors import ConfigurationError
 from celery_reliable.stores import decisions, migrations
@@ -61,21 +56,10 @@ from celery_reliable.stores.model import (
 )
 from celery_reliable.stores.sql_base import READ_ONLY_OPTION
 from celery_reliable.stores.sql_dead_letters import SQLDeadLetters, record_columns
+from celery_reliable.stores.sql_engine import open_engine
 from celery_reliable.stores.sql_limits import SQLLimits
 
-#: How long a SQLite writer waits for the file's write lock before failing.
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: Pause between attempts to switch a new SQLite file to WAL while another holds it.
-_WAL_RETRY_SECONDS = 0.01
-#: Seconds to wait for a PostgreSQL/MariaDB connection: fail closed, do not hang a task.
-CONNECT_TIMEOUT = 5
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
-_DRIVERS = {  # a bare scheme gets the driver the ``sql`` extra installs
-    "postgres": "postgresql+psycopg",
-    "postgresql": "postgresql+psycopg",
-    "mysql": "mysql+pymysql",
-    "mariadb": "mariadb+pymysql",
-}
 
 
 @dataclass(frozen=True)
@@ -102,15 +86,9 @@ class SQLStore(SQLDeadLetters, SQLLimits):
         self.url = url
         self.prefix = prefix
         self.schema = migrations.schema(prefix)
-        parsed = make_url(url)
-        parsed = parsed.set(drivername=_DRIVERS.get(parsed.drivername, parsed.drivername))
-        self.safe_url = parsed.render_as_string(hide_password=True)
-        self.engine = create_engine(parsed, pool_pre_ping=True, future=True, **_options(parsed))
+        self.engine, self.safe_url = open_engine(url)
         name = self.engine.dialect.name
         self.dialect = "mysql" if name == "mariadb" else name
-        if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_connect)
-            event.listen(self.engine, "begin", _sqlite_begin)
         self._reader = self.engine.execution_options(**{READ_ONLY_OPTION: True})
         self._schema_checked = False
 
@@ -449,60 +427,6 @@ class SQLStore(SQLDeadLetters, SQLLimits):
     def after_fork(self) -> None:
         # close=False: the parent still uses those sockets; the child only forgets them.
         self.engine.dispose(close=False)
-
-
-def _options(url: URL) -> dict[str, Any]:
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return {}
-    connect_args: dict[str, Any] = {}
-    options: dict[str, Any] = {"connect_args": connect_args}
-    if "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT
-    if url.get_driver_name() == "psycopg" and "prepare_threshold" not in url.query:
-        # psycopg prepares a statement on its 5th run, and PostgreSQL may then keep a
-        # generic plan made while the table was small (a fresh schema, before autovacuum
-        # analyzes it): a batch's IN lookup went from 1 ms to a scan of the whole table,
-        # slower at every batch.  Our statements are short; planning each run is cheap.
-        connect_args["prepare_threshold"] = None
-    if backend in ("mysql", "mariadb"):
-        # No gap locks: a locking read of a missing key must not block others' inserts.
-        options["isolation_level"] = "READ COMMITTED"
-    return options
-
-
-def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-    # SQLAlchemy's documented recipe: pysqlite would BEGIN only at the first
-    # write, after our reads; switch that off and emit BEGIN ourselves.
-    dbapi_connection.isolation_level = None
-    dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    _switch_to_wal(dbapi_connection)
-
-
-def _switch_to_wal(dbapi_connection: sqlite3.Connection) -> None:
-    """WAL mode, waiting for the file like any writer (WAL is then kept in the file).
-
-    The switch does not go through the busy timeout: when several processes open
-    a new file at once, all but one got "database is locked" at once (a worker's
-    first task failing closed, or a concurrent ``migrate`` failing).  So the
-    switch is retried until the busy timeout would have given up.
-    """
-    if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-        return
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(_WAL_RETRY_SECONDS)
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
-    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _live_state(row: RowMapping | None, now: float) -> KeyState | None:

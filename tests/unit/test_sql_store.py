@@ -22,8 +22,9 @@ from sqlalchemy import func, insert, inspect, make_url, select
 from celery_reliable.errors import ConfigurationError, StoreError, StoreUnavailable
 from celery_reliable.stores import ClaimStatus, KeyState, SweepPolicy, open_store
 from celery_reliable.stores.migrations import SCHEMA_VERSION, STEPS
-from celery_reliable.stores.sql import SQLStore, _options
+from celery_reliable.stores.sql import SQLStore
 from celery_reliable.stores.sql_base import _Retry
+from celery_reliable.stores.sql_engine import options_for
 from tests.servers import MARIADB, POSTGRES
 from tests.unit.test_store_contract import FP, record, wait_until
 
@@ -284,10 +285,10 @@ def test_among_selects_a_batch(migrated: SQLStore) -> None:
 def test_psycopg_plans_each_statement_afresh() -> None:
     """A generic plan kept from while a table was small scanned it whole as it grew."""
     url = "postgresql+psycopg://u@db/app"
-    assert _options(make_url(url))["connect_args"]["prepare_threshold"] is None
-    assert "prepare_threshold" not in _options(make_url(url + "?prepare_threshold=5"))[
+    assert options_for(make_url(url))["connect_args"]["prepare_threshold"] is None
+    assert "prepare_threshold" not in options_for(make_url(url + "?prepare_threshold=5"))[
         "connect_args"]
-    assert "prepare_threshold" not in _options(make_url("postgresql+psycopg2://u@db/app"))[
+    assert "prepare_threshold" not in options_for(make_url("postgresql+psycopg2://u@db/app"))[
         "connect_args"]
 
 
