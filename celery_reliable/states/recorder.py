@@ -40,7 +40,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery_reliable.errors import ReliableError
@@ -101,17 +101,31 @@ class Recorder:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         """Record that the task moved to ``state`` now.  Never raises, never blocks (async)."""
+        self.transitions(task_id, name, key, (state,), attempt=attempt, worker=worker,
+                         error=error, detail=detail)
+
+    def transitions(
+        self, task_id: str, name: str, key: str, states: Sequence[State], *, attempt: int = 1,
+        worker: str | None = None, error: BaseException | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record that the task moved through ``states`` now, in that order (a worker's
+        RECEIVED then STARTED); ``error`` and ``detail`` belong to the last one.  One call
+        for several: this runs on every task's path."""
         if not self.enabled:
             return
-        if not isinstance(state, State):
-            try:
-                state = State(state)
-            except ValueError:
-                with self._lock:
-                    self.counters["rejected_illegal"] += 1
-                logger.error("unknown task state %r for %s[%s]: a bug, not recorded",
-                             state, name, task_id)
-                return
+        checked = []
+        for state in states:
+            if not isinstance(state, State):
+                try:
+                    state = State(state)
+                except ValueError:
+                    with self._lock:
+                        self.counters["rejected_illegal"] += 1
+                    logger.error("unknown task state %r for %s[%s]: a bug, not recorded",
+                                 state, name, task_id)
+                    return
+            checked.append(state)
         if len(name) > _NAME_MAX:
             name = name[:_NAME_MAX]
         if worker is not None and len(worker) > _NAME_MAX:
@@ -121,18 +135,22 @@ class Recorder:
             error_message: str | None = str(error)[:_MESSAGE_MAX]
         else:
             error_type = error_message = None
+        last = len(checked) - 1
         with self._lock:
-            # Whole microseconds (what Redis scores and ids keep), strictly increasing
-            # within a process even if the wall clock steps back: the order of one
-            # process's transitions is their order in time on every backend.
-            self._last_us = max(int(time.time() * 1_000_000), self._last_us + 1)
-            if len(self._buffer) >= self.buffer_size:
-                self.counters["dropped_on_overflow"] += 1
-                return
-            self._buffer.append(Transition(
-                task_id, name, key, state, attempt, worker or None, self._last_us / 1_000_000,
-                error_type, error_message, dict(detail) if detail else None,
-            ))
+            for i, state in enumerate(checked):
+                # Whole microseconds (what Redis scores and ids keep), strictly increasing
+                # within a process even if the wall clock steps back: the order of one
+                # process's transitions is their order in time on every backend.
+                self._last_us = max(int(time.time() * 1_000_000), self._last_us + 1)
+                if len(self._buffer) >= self.buffer_size:
+                    self.counters["dropped_on_overflow"] += len(checked) - i
+                    return
+                final = i == last
+                self._buffer.append(Transition(
+                    task_id, name, key, state, attempt, worker or None, self._last_us / 1_000_000,
+                    error_type if final else None, error_message if final else None,
+                    dict(detail) if final and detail else None,
+                ))
         if self.mode == SYNC:
             self.flush()
         elif self._thread is None:

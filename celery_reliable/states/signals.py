@@ -51,13 +51,16 @@ def _reliable_task() -> type:
     return ReliableTask
 
 
-def _record(task: Any, task_id: str, state: State, request: Any = None, **extra: Any) -> None:
+def _record(
+    task: Any, task_id: str, *states: State, request: Any = None, **extra: Any
+) -> None:
+    """Record that an observed task moved through ``states`` (``extra``: for the last)."""
     app = _observed(task)
     if app is None or not task_id:
         return
     request = request if request is not None else task.request
-    recorder(app).transition(
-        task_id, task.name, "", state, attempt=int(getattr(request, "retries", 0) or 0) + 1,
+    recorder(app).transitions(
+        task_id, task.name, "", states, attempt=int(getattr(request, "retries", 0) or 0) + 1,
         worker=getattr(request, "hostname", None), **extra,
     )
 
@@ -75,8 +78,7 @@ def on_publish(sender: Any = None, headers: Any = None, **_: Any) -> None:
 
 
 def on_prerun(sender: Any = None, task_id: str = "", **_: Any) -> None:
-    _record(sender, task_id, State.RECEIVED)
-    _record(sender, task_id, State.STARTED)
+    _record(sender, task_id, State.RECEIVED, State.STARTED)
 
 
 def on_success(sender: Any = None, **_: Any) -> None:
@@ -87,7 +89,7 @@ def on_success(sender: Any = None, **_: Any) -> None:
 def on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
     if request is not None:
         error = reason if isinstance(reason, BaseException) else None
-        _record(sender, request.id, State.RETRY_SCHEDULED, request, error=error)
+        _record(sender, request.id, State.RETRY_SCHEDULED, request=request, error=error)
 
 
 def on_failure(
@@ -100,8 +102,8 @@ def on_failure(
 
 def on_revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     if request is not None:
-        _record(sender, request.id, State.EXPIRED if expired else State.REVOKED, request)
-        _record(sender, request.id, State.DEAD_LETTERED, request,
+        _record(sender, request.id, State.EXPIRED if expired else State.REVOKED,
+                State.DEAD_LETTERED, request=request,
                 detail={"reason": "expired" if expired else "revoked", "observed": True})
 
 

@@ -35,7 +35,26 @@ from redis.commands.core import Script
 
 
 def pack(args: Sequence[Any]) -> bytes:
-    """One RESP array of bulk strings (str, bytes, int or float arguments)."""
+    """One RESP array of bulk strings (str, bytes, int or float arguments).
+
+    Our calls are ASCII text and integers, and for those a length in characters
+    is a length in bytes: they are formatted as one string and encoded once.
+    Anything else (a key with accents, bytes) takes the general path.
+    """
+    text = []
+    for arg in args:
+        kind = type(arg)
+        if kind is str and arg.isascii():
+            text.append(f"${len(arg)}\r\n{arg}\r\n")
+        elif kind is int or kind is float:
+            number = repr(arg)
+            text.append(f"${len(number)}\r\n{number}\r\n")
+        else:
+            return _pack_bytes(args)
+    return f"*{len(args)}\r\n{''.join(text)}".encode()
+
+
+def _pack_bytes(args: Sequence[Any]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, str):

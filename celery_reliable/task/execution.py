@@ -85,8 +85,7 @@ class Execution(Outcomes):
             return self._store_down(exc)
         if claim.runs:
             taken_over = claim.status is ClaimStatus.TAKEN_OVER
-            self._record(key, State.RECEIVED)
-            self._record(key, State.STARTED,
+            self._record(key, State.RECEIVED, State.STARTED,
                          detail={"taken_over": True, "lost": claim.lost} if taken_over else None)
             if taken_over:
                 rt.count("taken_over")

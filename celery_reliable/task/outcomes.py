@@ -240,21 +240,28 @@ class Outcomes(TaskBase):
         )
 
     def _record(
-        self, key: str, state: State, *, error: BaseException | None = None,
+        self, key: str, *states: State, error: BaseException | None = None,
         detail: Mapping[str, Any] | None = None, task_id: str | None = None,
     ) -> None:
-        """Record a transition of this task (buffered; never raises into the task), and
-        send a Celery event for the states Celery has no name for, so monitors such as
-        Flower show them (workers started with ``-E``)."""
+        """Record that this task moved through ``states`` now, in order (buffered; never
+        raises into the task; ``error`` and ``detail`` belong to the last), and send a
+        Celery event for the states Celery has no name for, so monitors such as Flower
+        show them (workers started with ``-E``)."""
         request = self.request
         app = self._get_app()
-        recorder(app).transition(
-            task_id or request.id, self.name, key, state,
+        recorder(app).transitions(
+            task_id or request.id, self.name, key, states,
             attempt=(request.retries or 0) + 1, worker=request.hostname, error=error,
             detail=detail,
         )
-        if state in EVENT_STATES and app.conf.worker_send_task_events and not request.is_eager:
-            self._send_state_event(state, key, error, detail)
+        if EVENT_STATES.isdisjoint(states) or request.is_eager:
+            return
+        if app.conf.worker_send_task_events:
+            for i, state in enumerate(states):
+                if state in EVENT_STATES:
+                    final = i == len(states) - 1
+                    self._send_state_event(
+                        state, key, error if final else None, detail if final else None)
 
     def _send_state_event(
         self, state: State, key: str, error: BaseException | None,

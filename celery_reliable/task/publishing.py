@@ -122,10 +122,9 @@ class Publishing(TaskBase):
                 try:
                     result = publish(producer=gate)
                 except _AlreadyPublished as existing:
-                    rec = recorder(app)
-                    rec.transition(task_id, self.name, key, State.PENDING)
-                    rec.transition(task_id, self.name, key, State.DEDUPLICATED,
-                                   detail={"existing_task": existing.task_id})
+                    recorder(app).transitions(
+                        task_id, self.name, key, (State.PENDING, State.DEDUPLICATED),
+                        detail={"existing_task": existing.task_id})
                     return self.AsyncResult(existing.task_id)
         if not internal:
             attempt = int(options.get("retries") or 0) + 1

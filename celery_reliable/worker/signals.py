@@ -63,11 +63,11 @@ def on_task_revoked(
             sender.name, request.id, reason, exc,
         )
         return
-    rec = recorder(app)
-    rec.transition(request.id, sender.name, key, State.EXPIRED if expired else State.REVOKED,
-                   attempt=attempt, worker=request.hostname)
-    rec.transition(request.id, sender.name, key, State.DEAD_LETTERED,
-                   attempt=attempt, worker=request.hostname, detail={"reason": reason})
+    recorder(app).transitions(
+        request.id, sender.name, key,
+        (State.EXPIRED if expired else State.REVOKED, State.DEAD_LETTERED),
+        attempt=attempt, worker=request.hostname, detail={"reason": reason},
+    )
     if expired:
         send_task_event(app, "expired", request.id, idempotency_key=key)
     send_task_event(app, "dead_lettered", request.id, idempotency_key=key, reason=reason,

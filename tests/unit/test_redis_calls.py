@@ -20,6 +20,16 @@ def test_pack_writes_one_resp_array_of_bulk_strings() -> None:
     )
 
 
+@pytest.mark.parametrize("call", [
+    ("EVALSHA", "a" * 40, 2, "{p:0}:k:receipt:42", "{p:0}:due", "0123abcd", 300000, 2.5, -1),
+    ("EVALSHA", "a" * 40, 1, "{p:0}:k:reçu:42", "x"),  # not ASCII: the general path
+    ("SET", "k", b"\x00\xff"),
+])
+def test_pack_writes_what_redis_py_writes(call: tuple[object, ...]) -> None:
+    expected = b"".join(redis.Connection().pack_command(*call))
+    assert pack(call) == expected
+
+
 @pytest.mark.parametrize("bad", [None, True, {"a": 1}])
 def test_pack_refuses_what_redis_py_would_not_send(bad: object) -> None:
     with pytest.raises(TypeError, match="cannot send"):

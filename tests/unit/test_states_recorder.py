@@ -107,6 +107,23 @@ def test_sync_mode_writes_before_returning(store: Flaky, make: Callable[..., Rec
     assert last.error_message is not None and len(last.error_message) == 2000
 
 
+def test_several_states_at_once_keep_their_order_and_the_error_goes_with_the_last(
+    store: Flaky, make: Callable[..., Recorder]
+) -> None:
+    recorder = make(store, buffer_size=3)
+    recorder.transitions("t1", NAME, "k", (S.PENDING, S.RECEIVED), worker="w1@host",
+                         error=ValueError("late"), detail={"why": "test"})
+    recorder.transitions("t2", NAME, "k", (S.PENDING, S.RECEIVED))  # one over the bound
+    recorder.flush()
+    first, second = store.timeline("t1")
+    assert (first.state, first.error_type, first.detail) == (S.PENDING, None, None)
+    assert (second.state, second.error_type, second.detail) == (S.RECEIVED, "ValueError",
+                                                                {"why": "test"})
+    assert first.at < second.at and second.worker == "w1@host"
+    assert [t.state for t in store.timeline("t2")] == [S.PENDING]
+    assert recorder.counters["dropped_on_overflow"] == 1
+
+
 def test_a_failing_store_is_logged_and_counted_never_raised_and_catches_up(
     store: Flaky, make: Callable[..., Recorder], caplog: pytest.LogCaptureFixture
 ) -> None:
