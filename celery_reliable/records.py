@@ -115,6 +115,12 @@ def encode(
     return record, delay
 
 
+def serializer_of(content_type: str) -> str | None:
+    """The name of the serializer that wrote ``content_type`` (None: none registered)."""
+    name: str | None = serialization.registry.type_to_name.get(content_type)
+    return name
+
+
 class UndecodableRecord(Exception):
     """A stored record that cannot be turned back into a call (never retried in a loop)."""
 
@@ -138,6 +144,10 @@ def decode(app: Celery, record: TaskRecord) -> tuple[list[Any], dict[str, Any], 
         raise UndecodableRecord(f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(options, dict):
         raise UndecodableRecord("record body is not (args, kwargs) with a dict of options")
+    # A republish goes out, and a replay's record is written, with the serializer the
+    # call was made with: send_task alone takes the app's default before Celery 5.7
+    # (celery/celery#8542), and JSON would turn a pickle task's tuples into lists.
+    options.setdefault("serializer", serializer_of(record.content_type))
     return args, kwargs, options
 
 

@@ -32,6 +32,7 @@ from celery_reliable.dlq import routing
 from celery_reliable.dlq.message import body_text
 from celery_reliable.dlq.publisher import DeadLetterPublishError
 from celery_reliable.errors import ReliableError
+from celery_reliable.records import serializer_of
 from celery_reliable.runtime import runtime
 from celery_reliable.stores.model import TaskRecord
 
@@ -138,7 +139,7 @@ def _call_body(app: Celery, message: Any, body: bytes) -> tuple[str, str, str]:
                 args, kwargs, _ = payload
                 if isinstance(args, list | tuple) and isinstance(kwargs, dict):
                     ct, enc, data = serialization.dumps((list(args), kwargs),
-                                                        _serializer(content_type))
+                                                        serializer_of(content_type))
                     if isinstance(data, str):
                         return data, ct, enc
         # a poison body fails in any number of ways: keep it raw, that is the point
@@ -146,11 +147,6 @@ def _call_body(app: Celery, message: Any, body: bytes) -> tuple[str, str, str]:
             logger.debug("message body kept raw", exc_info=True)
     text, kept_encoding = body_text(body, encoding)
     return text, content_type, kept_encoding
-
-
-def _serializer(content_type: str) -> str:
-    name: str = serialization.registry.type_to_name[content_type]
-    return name
 
 
 __all__ = ["PoisonStep", "dead_letter_message", "wrap"]

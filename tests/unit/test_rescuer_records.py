@@ -146,3 +146,28 @@ def test_a_dead_letter_the_dlq_queue_refuses_is_tried_again_at_the_next_sweep(
     assert sweeper.sweep_once() == 1
     letter = store.get_dead_letter(handle.id)
     assert letter is not None and letter.record.reason == "expired"
+
+
+def test_a_rescue_republishes_with_the_serializer_the_call_was_made_with(
+    app: Celery, sweeper: Rescuer
+) -> None:
+    """A ``serializer="pickle"`` task's record is pickle, and so is its rescued message:
+    sent with the app's default (JSON), its tuple would arrive as a list."""
+    app.conf.accept_content = ["json", "pickle"]
+
+    @app.task(base=ReliableTask, shared=False, name="shop.pair", idempotency_key="pair:{n}",
+              serializer="pickle")
+    def pair(n: int, both: tuple[int, int]) -> None: ...
+
+    pair.apply_async((1, (1, 2)), queue=QUEUE)
+    lose(app)
+    assert sweeper.sweep_once() == 1
+    with app.connection_for_read() as conn:
+        simple = conn.SimpleQueue(QUEUE, accept=["json", "pickle"])
+        try:
+            message = simple.get(timeout=2)
+        finally:
+            simple.close()
+    assert message.content_type == "application/x-python-serialize"
+    args, _, _ = message.decode()
+    assert list(args) == [1, (1, 2)]  # a list [1, 2] would not compare equal

@@ -338,8 +338,9 @@ def test_the_record_is_written_with_the_tasks_own_serializer(app: Celery) -> Non
     result = takes.delay(1, (1, 2))
     record = runtime(app).store.get_record(result.id, "pair:1")
     assert record is not None and record.content_type == "application/x-python-serialize"
-    args, kwargs, _ = decode(app, record)
+    args, kwargs, options = decode(app, record)
     assert (args, kwargs) == ([1, (1, 2)], {})
+    assert options["serializer"] == "pickle"  # a republish and a replay's record use it too
 
 
 def test_store_down_at_publish_raises_by_default(app: Celery) -> None:
