@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,18 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str,
         time.sleep(interval)
 
 
+@dataclass(frozen=True)
+class Drained:
+    """One drain: tasks/s; the machine's CPUs busy and stolen (fractions); the worker's
+    CPU seconds per task in its main threads and in its other threads."""
+
+    rate: float
+    busy: float
+    stolen: float
+    main_cpu: float
+    other_cpu: float
+
+
 class Drainer:
     """A worker kept running on a Redis broker; ``drain`` hands it a staged batch at once."""
 
@@ -157,10 +170,10 @@ class Drainer:
         return int(queued), int(unacked)
 
     def drain(self, staging: str, total: int, timeout: float,
-              done: Callable[[], bool] | None = None) -> tuple[float, float, float, float]:
+              done: Callable[[], bool] | None = None) -> Drained:
         """RENAME ``staging`` onto the queue; tasks/s from the first message taken to the
         last one acknowledged, the fractions of the machine's CPU time busy and stolen
-        meanwhile, and the worker's CPU s per task.
+        meanwhile, and the worker's CPU s per task (its main threads', its other threads').
 
         ``done``: the variant's own proof that its last task finished.  An empty queue
         and an empty ``unacked`` hash alone are not: kombu moves a message from the
@@ -183,7 +196,7 @@ class Drainer:
             self.worker.check_alive()
             return self.left() == (0, 0) and (done is None or done())
 
-        cpu0, own0 = cpu_times(), self.worker.cpu_seconds()
+        cpu0, own0 = cpu_times(), self.worker.cpu_seconds_by_thread()
         self.broker.rename(staging, self.queue)  # the whole batch appears at once
         t0 = wait_until(started, timeout, f"the worker to take from {self.queue}")
         while True:
@@ -196,10 +209,13 @@ class Drainer:
             time.sleep(0.005)
             if self.left() == (0, 0):
                 break
-        cpu1, own1 = cpu_times(), self.worker.cpu_seconds()
+        cpu1, own1 = cpu_times(), self.worker.cpu_seconds_by_thread()
         elapsed = max(1, cpu1[0] - cpu0[0])
-        busy, stolen = 1 - (cpu1[1] - cpu0[1]) / elapsed, (cpu1[2] - cpu0[2]) / elapsed
-        return total / (t1 - t0), busy, stolen, (own1 - own0) / total
+        return Drained(
+            rate=total / (t1 - t0), busy=1 - (cpu1[1] - cpu0[1]) / elapsed,
+            stolen=(cpu1[2] - cpu0[2]) / elapsed, main_cpu=(own1[0] - own0[0]) / total,
+            other_cpu=(own1[1] - own0[1]) / total,
+        )
 
 
 def _unacked_routes(broker: redis.Redis) -> set[str]:

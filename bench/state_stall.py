@@ -108,7 +108,7 @@ def run(sizes: list[str], n: int, rounds: int) -> dict[str, Any]:
                     drainer = workers[size]
                     probe.samples = []
                     probe.recording = r >= 0
-                    rate, _, _, _ = drainer.drain(f"{drainer.queue}-stage", batch, 120)
+                    rate = drainer.drain(f"{drainer.queue}-stage", batch, 120).rate
                     probe.recording = False
                     if r >= 0:
                         res["probe"].setdefault(size, []).extend(probe.samples)
