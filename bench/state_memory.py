@@ -1,21 +1,25 @@
-"""Redis memory and Redis time per task recorded in the Redis state store.
+"""Redis memory, Redis time and client CPU per task recorded in the Redis state store.
 
 Why: states are kept ``reliable_state_retention`` (7 days by default) after a
 task's last transition, and on Redis that is memory, often in the Redis that is
 also the broker; and every transition is a Lua script's work in that Redis,
 which the worker's broker and store calls wait behind.  Size the first before
-you turn recording on, and know the second.
+you turn recording on, and know the second.  The third is the worker's own: its
+recorder thread shares the GIL with the tasks.
 
 How: N tasks of one name, each with the four transitions of a task that
 succeeded the first time (PENDING from the producer, then RECEIVED, STARTED,
-SUCCEEDED from a worker), go through ``RedisStateStore.record`` in batches of
-``--batch`` tasks, PENDING first and the worker's three after, as the recorders
-of a producer and a worker would send them.  Memory per task is the change of
+SUCCEEDED from a worker), are recorded in batches of ``--batch`` tasks: PENDING
+first (``RedisStateStore.record``), then the worker's three through a
+``Recorder``, as a solo worker reports them (two calls per task), and the
+recorder's ``flush``.  Memory per task is the change of
 the server's ``used_memory`` divided by N (server-wide: other load on the
 server shows in it), repeated; ``MEMORY USAGE`` of one task's keys and the
 encoding of its history are shown beside it.  Redis time per task is the
 ``INFO commandstats`` time of ``EVALSHA`` over the worker's batches divided by
-N (10th percentile and median over batches).  ``--worker`` sets the worker name
+N (10th percentile and median over batches).  Client CPU per task is this
+thread's CPU time putting the worker's transitions in the buffer, and writing
+them (median over batches).  ``--worker`` sets the worker name
 (its length decides whether a history stays a compact listpack).
 Only keys under this run's prefix are written and deleted (never FLUSHDB).
 """
@@ -27,6 +31,7 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ import redis
 
 from bench._common import REDIS, command_line, delete_matching, emit, machine, table, tag
 from celery_reliable.states import State, Transition
+from celery_reliable.states.recorder import Recorder
 from celery_reliable.states.stores.redis import RedisStateStore
 from celery_reliable.stores import open_store
 from celery_reliable.stores.redis import RedisStore
@@ -46,23 +52,42 @@ WORKER_STATES = (State.RECEIVED, State.STARTED, State.SUCCEEDED)
 
 
 def record(states: RedisStateStore, client: redis.Redis, n: int, batch: int,
-           worker: str) -> list[float]:
-    """Record n finished tasks; Redis time (s) of each worker batch, per task."""
-    per_task = []
-    for start in range(0, n, batch):
-        now = time.time()
-        tasks = [str(uuid.uuid4()) for _ in range(min(batch, n - start))]
-        states.record([Transition(t, NAME, f"receipt:{t[:8]}", State.PENDING, at=now - 1)
-                       for t in tasks])
-        before = _evalsha_usec(client)
-        result = states.record([
-            Transition(t, NAME, f"receipt:{t[:8]}", state, worker=worker, at=now + i / 1e4)
-            for t in tasks for i, state in enumerate(WORKER_STATES)
-        ])
-        if result.written != 3 * len(tasks):
-            raise RuntimeError(f"not every transition was written: {result}")
-        per_task.append((_evalsha_usec(client) - before) / 1e6 / len(tasks))
-    return per_task
+           worker: str) -> list[Cost]:
+    """Record n finished tasks; the cost of each worker batch, per task."""
+    recorder = Recorder(states, interval=3600.0, batch_size=3 * batch)  # flushed here only
+    costs = []
+    try:
+        for start in range(0, n, batch):
+            tasks = [str(uuid.uuid4()) for _ in range(min(batch, n - start))]
+            states.record([Transition(t, NAME, f"receipt:{t[:8]}", State.PENDING,
+                                      at=time.time() - 1) for t in tasks])
+            written = recorder.counters["written"]
+            cpu0 = time.thread_time()
+            for t in tasks:  # as a solo worker reports them: at the start, at the end
+                recorder.transitions(t, NAME, f"receipt:{t[:8]}", WORKER_STATES[:2],
+                                     worker=worker)
+                recorder.transitions(t, NAME, f"receipt:{t[:8]}", WORKER_STATES[2:],
+                                     worker=worker)
+            cpu1, redis0 = time.thread_time(), _evalsha_usec(client)
+            recorder.flush()
+            cpu2, redis1 = time.thread_time(), _evalsha_usec(client)
+            if recorder.counters["written"] - written != 3 * len(tasks):
+                raise RuntimeError(f"not every transition was written: {recorder.counters}")
+            costs.append(Cost((cpu1 - cpu0) / len(tasks), (cpu2 - cpu1) / len(tasks),
+                              (redis1 - redis0) / 1e6 / len(tasks)))
+    finally:
+        recorder.close()
+    return costs
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Seconds per task: putting its transitions in the buffer, writing them (the
+    client's CPU, both), and the Redis time of the scripts that wrote them."""
+
+    buffer_cpu: float
+    write_cpu: float
+    redis: float
 
 
 def _evalsha_usec(client: redis.Redis) -> int:
@@ -87,7 +112,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         delete_matching(client, f"{{{prefix}*")
         for _ in range(args.repeat):
             before = used(client)
-            times = record(states, client, args.tasks, args.batch, args.worker)
+            costs = record(states, client, args.tasks, args.batch, args.worker)
+            times = [c.redis for c in costs]
             after = used(client)
             sample = next(client.scan_iter(match=f"{{{prefix}:st:0}}:c:*", count=1000))
             task = sample.rsplit(":c:", 1)[1]
@@ -102,6 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "history": client.zrange(keys["history"], 0, -1),
                 "redis_us_per_task_p10": sorted(times)[len(times) // 10] * 1e6,
                 "redis_us_per_task_median": statistics.median(times) * 1e6,
+                "buffer_cpu_us_per_task": statistics.median(c.buffer_cpu for c in costs) * 1e6,
+                "write_cpu_us_per_task": statistics.median(c.write_cpu for c in costs) * 1e6,
             })
             delete_matching(client, f"{{{prefix}*")
     finally:
@@ -114,7 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(res: dict[str, Any]) -> str:
     rows = [[i + 1, f"{c['bytes_per_task']:.0f}",
              " / ".join(f"{v}" for v in c["memory_usage"].values()), c["history_encoding"],
-             f"{c['redis_us_per_task_p10']:.1f}", f"{c['redis_us_per_task_median']:.1f}"]
+             f"{c['redis_us_per_task_p10']:.1f}", f"{c['redis_us_per_task_median']:.1f}",
+             f"{c['buffer_cpu_us_per_task']:.1f}", f"{c['write_cpu_us_per_task']:.1f}"]
             for i, c in enumerate(res["cycles"])]
     last = res["cycles"][-1]
     return "\n".join([
@@ -126,7 +155,8 @@ def report(res: dict[str, Any]) -> str:
         "a history: " + ", ".join(last["history"]) + "\n",
         table(["cycle", "used_memory delta / task",
                "MEMORY USAGE current / history / by key", "history encoding",
-               "Redis us/task p10", "median"], rows),
+               "Redis us/task p10", "median", "client CPU us/task: buffer",
+               "write"], rows),
         f"\nbytes per finished task: {min(c['bytes_per_task'] for c in res['cycles']):.0f} "
         f"at least; a day at 100 tasks/s: "
         f"{min(c['bytes_per_task'] for c in res['cycles']) * 8_640_000 / 1e9:.1f} GB",
