@@ -184,6 +184,25 @@ def test_the_buffer_is_bounded_while_the_store_is_down(
     assert {t.task_id for t in store.timeline_by_key("k")} == {f"t{i}" for i in range(5)}
 
 
+def test_what_is_reported_while_a_failed_batch_waits_goes_behind_it_and_within_the_bound(
+    store: Flaky, make: Callable[..., Recorder]
+) -> None:
+    recorder = make(store, buffer_size=4, batch_size=2)
+    store.fail = StoreUnavailable("down")
+    lifecycle(recorder, "t1", [S.PENDING, S.RECEIVED, S.STARTED])
+    recorder.flush()  # the first batch fails and goes back to the front
+    recorder.transitions("t1", NAME, "receipt:1", (S.SUCCEEDED,), worker="w1@host")
+    recorder.transition("t2", NAME, "receipt:1", S.PENDING)  # one over the bound
+    assert recorder.pending() == 4
+    assert recorder.counters["dropped_on_overflow"] == 1
+    store.fail = None
+    recorder.flush(force=True)
+    assert [t.state for t in store.timeline("t1")] == [S.PENDING, S.RECEIVED, S.STARTED,
+                                                        S.SUCCEEDED]
+    assert store.timeline("t2") == []
+    assert recorder.pending() == 0 and recorder.counters["written"] == 4
+
+
 def test_illegal_transitions_are_logged_at_error_and_counted(
     store: Flaky, make: Callable[..., Recorder], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -108,21 +108,18 @@ class RedisStateStore(SharedStoreStateStore):
     # -- writes ----------------------------------------------------------------------
     @guarded
     def record(self, transitions: Sequence[Transition]) -> RecordResult:
-        chunks = _chunks(transitions, self._tag)
-        calls = [
-            # One JSON argument per script: redis-py packs each argument separately, and
-            # nine per transition cost more than the script itself.
-            (tag, [int(self.retention * 1000),
-                   json.dumps([_fields(transitions[i]) for i in indexes])])
-            for tag, indexes in chunks
-        ]
         written = duplicates = 0
         rejected: list[Rejection] = []
-        # One script at a time, on the lean path of the store's calls (redis_calls.py):
-        # Redis serves its other clients between two.
-        script = self._scripts["record"]
-        replies = [self.store.call_script(script, [tag], args) for tag, args in calls]
-        for (_, indexes), reply in zip(chunks, replies, strict=True):
+        script, retention_ms = self._scripts["record"], int(self.retention * 1000)
+        for tag, indexes in _chunks(transitions, self._tag):
+            # One script at a time, on the lean path of the store's calls (redis_calls.py):
+            # Redis serves its other clients between two.  Each is encoded just before it
+            # is sent, so this thread holds the GIL for 25 rows at a time, then waits on
+            # the socket: a task's thread whose reply has come gets it back soon.  One
+            # JSON argument per script: redis-py packs each argument separately, and nine
+            # per transition cost more than the script itself.
+            rows = json.dumps([_fields(transitions[i]) for i in indexes])
+            reply = self.store.call_script(script, [tag], [retention_ms, rows])
             written += int(reply[0])
             duplicates += int(reply[1])
             for at in range(2, len(reply), 3):
