@@ -370,6 +370,25 @@ def test_redis_forgets_tasks_by_itself_and_prune_clears_what_they_left_in_indexe
     assert states.prune(now - 50) == 0
 
 
+def test_redis_forgets_a_keys_expired_tasks_when_a_new_one_joins_it(prefix: str) -> None:
+    """The by-key index grows only when a task joins a key; that is when the tasks of
+    the key whose retention ran out leave it (their own keys expired by themselves)."""
+    import fakeredis
+
+    from celery_reliable.stores.redis import RedisStore
+
+    store = RedisStore("redis://fake", prefix=prefix,
+                       client=fakeredis.FakeRedis(decode_responses=True))
+    states = RedisStateStore(store, retention=600)
+    by_key = f"{{{prefix}:st:0}}:k:receipt:42"
+    old, running, new, now = tid(), tid(), tid(), time.time()
+    states.record(path(old, [S.PENDING, S.RECEIVED, S.STARTED, S.SUCCEEDED], now - 900))
+    states.record(path(running, [S.PENDING], now - 700))
+    states.record([tr(running, S.RECEIVED, now - 100)])  # its score moves on: it stays
+    states.record(path(new, [S.PENDING, S.RECEIVED], now))
+    assert set(states.client.zrange(by_key, 0, -1)) == {running, new}
+
+
 def test_transitions_a_microsecond_apart_keep_their_order(states: StateStore) -> None:
     """What a recorder makes of a burst: whole microseconds, strictly increasing."""
     task, start_us = tid(), int((time.time() - 10) * 1_000_000)

@@ -66,9 +66,12 @@ local function set_current(task, previous, state, at, name, key, attempt, worker
   redis.call('PEXPIRE', cur_key, ttl)
   local by_key = base .. 'k:' .. key
   redis.call('ZADD', by_key, at, task)
-  -- tasks of the key that expired meanwhile (their own keys are gone)
-  local horizon = string.format('%.0f', tonumber(at) - tonumber(ttl) * 1000)
-  redis.call('ZREMRANGEBYSCORE', by_key, '-inf', '(' .. horizon)
+  if previous == '' then
+    -- the set grows only here: drop the tasks of the key that expired meanwhile
+    -- (their own keys are gone)
+    local horizon = string.format('%.0f', tonumber(at) - tonumber(ttl) * 1000)
+    redis.call('ZREMRANGEBYSCORE', by_key, '-inf', '(' .. horizon)
+  end
   redis.call('PEXPIRE', by_key, ttl)
 end
 
