@@ -8,6 +8,12 @@ themselves and are skipped here.
 
 Publishing is recorded from ``before_task_publish``, which names no app: the
 task is looked up in the current app.
+
+The handlers are connected only once an app turns the setting on (read when
+the app is configured), not for every app that has a ReliableTask: a connected
+receiver makes Celery dispatch the signal for every publish and every run of
+every task of the process, about a microsecond each, for nothing when no app
+observes.
 """
 
 from __future__ import annotations
@@ -105,6 +111,25 @@ def on_revoked(sender: Any = None, request: Any = None, expired: bool = False, *
         _record(sender, request.id, State.EXPIRED if expired else State.REVOKED,
                 State.DEAD_LETTERED, request=request,
                 detail={"reason": "expired" if expired else "revoked", "observed": True})
+
+
+def install(app: Celery) -> None:
+    """Connect the handlers if ``app`` records all its tasks: now if it is configured,
+    else once it is (``on_after_configure``)."""
+    if app.configured:
+        _connect_if_observing(app)
+    else:
+        app.on_after_configure.connect(_after_configure, weak=False,
+                                       dispatch_uid="celery_reliable.observe.configure")
+
+
+def _after_configure(sender: Celery, **_: Any) -> None:
+    _connect_if_observing(sender)
+
+
+def _connect_if_observing(app: Celery) -> None:
+    if app.conf.get("reliable_record_all_tasks"):
+        connect()
 
 
 def connect() -> None:

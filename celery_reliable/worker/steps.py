@@ -37,6 +37,8 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         apply_default_limits(app, rt.settings, reliable)
         for line in transport.apply_defaults(app, rt.settings, reliable):
             logger.info("celery_reliable: %s", line)
+        if rt.settings.record_all_tasks:  # the setting as the worker runs with it
+            observe.connect()
         rt.claim_ahead.enabled = rt.settings.claim_ahead and _runs_inline(worker)
         if rt.claim_ahead.enabled:
             logger.info("celery_reliable: solo pool: claims are sent as messages arrive")
@@ -99,4 +101,4 @@ def install(app: Celery) -> None:
     app.steps["worker"].add(ReliableWorkerStep)
     app.steps["consumer"].add(PoisonStep)
     signals.connect()
-    observe.connect()
+    observe.install(app)
