@@ -417,7 +417,8 @@ class SQLStore(SQLDeadLetters, SQLLimits):
 
     def migrate(self) -> None:
         """Create or upgrade the schema: idempotent; concurrent runs wait for each other."""
-        with self._guard(), self.engine.begin() as conn:
+        with (self._guard(), self.engine.connect() as conn,
+              migrations.exclusive(conn, self.schema), conn.begin()):
             migrations.upgrade(conn, self.schema)
         self._schema_checked = True
 

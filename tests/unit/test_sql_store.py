@@ -111,6 +111,52 @@ def test_concurrent_migrations_apply_each_step_once(fresh: SQLStore) -> None:
     fresh.ping()
 
 
+def test_a_migration_started_while_another_commits_waits_and_applies_nothing(
+    fresh: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On MariaDB the schema lock was released before the commit: the second process
+    read the old version and applied the last step again (Duplicate entry)."""
+    from sqlalchemy import event
+
+    from celery_reliable.stores import migrations
+
+    first, second = open_sql(fresh.url, fresh.prefix), open_sql(fresh.url, fresh.prefix)
+    applied = threading.Event()
+    apply_missing = migrations._apply_missing
+
+    def apply_then_tell(conn: object, tables: object) -> list[int]:
+        versions = apply_missing(conn, tables)  # type: ignore[arg-type]
+        if threading.current_thread().name == "first":
+            applied.set()
+        return versions
+
+    def slow_commit(conn: object) -> None:
+        if threading.current_thread().name == "first" and applied.is_set():
+            time.sleep(0.5)  # the steps are applied, not yet committed
+
+    monkeypatch.setattr(migrations, "_apply_missing", apply_then_tell)
+    event.listen(first.engine, "commit", slow_commit)
+    errors: list[BaseException] = []
+
+    def migrate_first() -> None:
+        try:
+            first.migrate()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=migrate_first, name="first")
+    try:
+        thread.start()
+        assert applied.wait(30)
+        second.migrate()
+        thread.join(30)
+    finally:
+        first.close()
+        second.close()
+    assert errors == []
+    assert row_count(fresh, fresh.schema.versions.name) == len(STEPS)
+
+
 def test_unmigrated_database_is_refused_and_left_alone(fresh: SQLStore) -> None:
     for call in (fresh.ping, lambda: fresh.claim("k", FP, "t1", "a", 30, max_lost=3)):
         with pytest.raises(StoreError, match="reliable-store migrate") as info:

@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -357,29 +358,46 @@ def require_current(conn: Connection, tables: Schema, where: str) -> None:
     )
 
 
+@contextmanager
+def exclusive(conn: Connection, tables: Schema) -> Iterator[None]:
+    """Hold MariaDB/MySQL's named lock on the schema around a migration, its commit
+    included (``conn``: outside any transaction; elsewhere a no-op).
+
+    Why around the commit: the lock belongs to the session, not to the transaction.
+    Released before the commit, it let the next process in while the last step's
+    version row was still uncommitted: that process read the previous version and
+    applied the step again ("Duplicate entry" on the versions table).
+    """
+    if conn.dialect.name not in _MYSQL:
+        yield
+        return
+    got = conn.scalar(select(func.get_lock(tables.versions.name, LOCK_WAIT)))
+    conn.commit()
+    if got != 1:
+        raise StoreError(
+            f"another process has been migrating {tables.versions.name} for {LOCK_WAIT}s; "
+            "wait for it to finish and run the migration again"
+        )
+    try:
+        yield
+    finally:
+        if not conn.invalidated:  # a lost connection's session, and its lock, are gone
+            conn.execute(select(func.release_lock(tables.versions.name)))
+            conn.commit()
+
+
 def upgrade(conn: Connection, tables: Schema) -> list[int]:
     """Apply the missing steps inside ``conn``'s transaction; returns the versions applied.
 
     One process at a time: a PostgreSQL advisory lock held to the end of the
-    transaction (whose DDL is transactional), a MariaDB/MySQL named lock, or the
-    write lock SQLite's ``BEGIN IMMEDIATE`` already holds.  The loser of a race
-    then finds the schema current and applies nothing.
+    transaction (whose DDL is transactional), the write lock SQLite's ``BEGIN
+    IMMEDIATE`` already holds, or on MariaDB/MySQL the named lock the caller holds
+    around the transaction (:func:`exclusive`).  The loser of a race then finds the
+    schema current and applies nothing.
     """
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
+    if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(zlib.crc32(tables.versions.name.encode()))))
-    elif dialect in _MYSQL:
-        got = conn.scalar(select(func.get_lock(tables.versions.name, LOCK_WAIT)))
-        if got != 1:
-            raise StoreError(
-                f"another process has been migrating {tables.versions.name} for {LOCK_WAIT}s; "
-                "wait for it to finish and run the migration again"
-            )
-    try:
-        return _apply_missing(conn, tables)
-    finally:
-        if dialect in _MYSQL:
-            conn.execute(select(func.release_lock(tables.versions.name)))
+    return _apply_missing(conn, tables)
 
 
 def _apply_missing(conn: Connection, tables: Schema) -> list[int]:
