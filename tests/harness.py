@@ -93,11 +93,6 @@ class Worker:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"worker {self.name} exited:\n{self.output()[-3000:]}")
 
-    def cpu_seconds(self) -> float:
-        """CPU time used so far by the worker and its pool children."""
-        main, other = self.cpu_seconds_by_thread()
-        return main + other
-
     def cpu_seconds_by_thread(self) -> tuple[float, float]:
         """CPU time of the worker and its pool children, split into their main threads
         (Celery's consumer, the pool's task loops) and every other thread (ours: the
@@ -112,14 +107,17 @@ class Worker:
             try:
                 if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != self.proc.pid:
                     continue  # not in the worker's process group
-                for thread in (stat.parent / "task").glob("[0-9]*/schedstat"):
-                    on_cpu = int(thread.read_text().split()[0])
-                    if thread.parent.name == stat.parent.name:
-                        main += on_cpu
-                    else:
-                        other += on_cpu
             except (OSError, IndexError, ValueError):
                 continue  # exited meanwhile
+            for thread in (stat.parent / "task").glob("[0-9]*/schedstat"):
+                try:
+                    on_cpu = int(thread.read_text().split()[0])
+                except (OSError, IndexError, ValueError):
+                    continue  # this thread ended meanwhile; the others still count
+                if thread.parent.name == stat.parent.name:
+                    main += on_cpu
+                else:
+                    other += on_cpu
         return main / 1e9, other / 1e9
 
 
