@@ -19,12 +19,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 import click
-from celery import Celery
 
-from celery_reliable.cli.output import ask, echo_json, table
+from celery_reliable.cli.context import app_of
+from celery_reliable.cli.output import ask, echo_json, plural, table
 from celery_reliable.dlq.api import DeadLetters, Entry
 from celery_reliable.stores.model import DeadLetterQuery
 
@@ -33,8 +33,15 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _letters(ctx: click.Context) -> DeadLetters:
-    app: Celery = ctx.obj.app
-    return DeadLetters(app)
+    return DeadLetters(app_of(ctx))
+
+
+def _no_such(task_ids: Sequence[str]) -> NoReturn:
+    """End the command: these ids have no entry (exit 2), in the words ``show`` uses."""
+    named = ", ".join(repr(t) for t in task_ids)
+    click.echo(f"error: no dead letter with task id {named} (see `reliable-dlq list`)",
+               err=True)
+    sys.exit(2)
 
 
 def _when(value: str | None, option: str) -> float | None:
@@ -165,9 +172,7 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
     """One dead letter: its arguments, error, traceback and timeline."""
     detail = ask(lambda: _letters(ctx).show(task_id))
     if detail is None:
-        click.echo(f"error: no dead letter with task id {task_id!r} "
-                   "(see `reliable-dlq list`)", err=True)
-        sys.exit(2)
+        _no_such([task_id])
     e = detail.entry
     timeline: list[dict[str, Any]] = [
         {"at": t.at, "state": t.state.value, "attempt": t.attempt, "worker": t.worker,
@@ -181,7 +186,7 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
                "timeline_note": detail.timeline_note})
         return
     click.echo(f"{e.name}[{e.task_id}]  key {e.key!r}")
-    click.echo(f"reason:    {e.reason} ({e.attempts} attempt(s), worker {e.worker or '-'})")
+    click.echo(f"reason:    {e.reason} ({plural(e.attempts, 'attempt')}, worker {e.worker or '-'})")
     click.echo(f"dead at:   {_time(e.dead_at)} UTC, from queue {e.queue or '-'}")
     click.echo(f"replays:   {e.replays}{' (replayed since it failed)' if e.replayed else ''}")
     click.echo(f"error:     {e.error or '-'}")
@@ -225,6 +230,10 @@ def replay(ctx: click.Context, /, task_ids: tuple[str, ...], since: str | None,
     result = ask(lambda: _letters(ctx).replay(
         ids, query, to_queue=to_queue, rate=per_second, limit=limit, force=force,
         dry_run=dry_run))
+    found = (result.replayed or result.would_replay or result.skipped or result.refused
+             or result.failed)
+    if result.missing and not found:
+        _no_such(result.missing)  # nothing else to say: one message, as `show` gives
     if as_json:
         echo_json({"replayed": result.replayed, "would_replay": result.would_replay,
                "skipped": result.skipped, "refused": result.refused, "failed": result.failed,
@@ -243,8 +252,7 @@ def replay(ctx: click.Context, /, task_ids: tuple[str, ...], since: str | None,
         for task_id, why in {**result.refused, **result.failed}.items():
             click.echo(f"not replayed {task_id}: {why}", err=True)
     if result.missing:
-        click.echo(f"error: no dead letter with task id {', '.join(result.missing)}", err=True)
-        sys.exit(2)
+        _no_such(result.missing)
     if result.refused or result.failed or not (result.replayed or result.would_replay):
         sys.exit(1)
 
@@ -266,17 +274,17 @@ def purge(ctx: click.Context, /, task_ids: tuple[str, ...], since: str | None,
     letters = _letters(ctx)
     preview = ask(lambda: letters.purge(ids, query, limit=limit, dry_run=True))
     if preview.missing:
-        click.echo(f"error: no dead letter with task id {', '.join(preview.missing)}", err=True)
-        sys.exit(2)
+        _no_such(preview.missing)
     if not preview.purged:
         click.echo("no dead letters match", err=True)
         sys.exit(1)
     if dry_run:
         result = preview
     else:
+        n = len(preview.purged)
         if not yes and not click.confirm(
-                f"Discard {len(preview.purged)} dead letter(s)? They cannot be replayed after",
-                err=True):
+                f"Discard {plural(n, 'dead letter')}? "
+                f"{'It' if n == 1 else 'They'} cannot be replayed afterwards.", err=True):
             click.echo("nothing discarded", err=True)
             sys.exit(1)
         chosen = [e.task_id for e in preview.purged]
@@ -286,7 +294,7 @@ def purge(ctx: click.Context, /, task_ids: tuple[str, ...], since: str | None,
                "removed_from_queue": result.removed_from_queue})
         return
     verb = "would discard" if dry_run else "discarded"
-    click.echo(f"{verb} {len(result.purged)} dead letter(s)"
+    click.echo(f"{verb} {plural(len(result.purged), 'dead letter')}"
                + ("" if dry_run else f" ({result.removed_from_queue} removed from the DLQ queue)"))
     click.echo(_entries_table(result.purged))
 
@@ -306,10 +314,10 @@ def reconcile(ctx: click.Context, as_json: bool) -> None:
     if not result.changed and not result.unreadable:
         click.echo("the DLQ queue and the index agree")
         return
-    click.echo(f"indexed {len(result.indexed)} message(s) that had no entry, republished "
-               f"{len(result.republished)} entr(ies) whose message was gone, removed "
-               f"{result.duplicates_removed} duplicate(s) and {result.stale_removed} "
-               "message(s) of replayed entries")
+    click.echo(f"indexed {plural(len(result.indexed), 'message')} that had no entry, "
+               f"republished {plural(len(result.republished), 'entry', 'entries')} whose "
+               f"message was gone, removed {plural(result.duplicates_removed, 'duplicate')} "
+               f"and {plural(result.stale_removed, 'message')} of replayed entries")
     for identity, problem in result.unreadable.items():
         click.echo(f"unreadable message {identity}: {problem} (listed with reason "
                    f"{problem.split(':')[0]}; purge it by that id)")
@@ -330,7 +338,7 @@ def check(ctx: click.Context, older_than: float, as_json: bool) -> None:
         click.echo(f"ok: no unresolved dead letter older than {older_than:g} s")
     else:
         oldest = result.oldest
-        click.echo(f"{result.count} unresolved dead letter(s) older than {older_than:g} s"
+        click.echo(f"{plural(result.count, 'unresolved dead letter')} older than {older_than:g} s"
                    + (f"; oldest {oldest.task_id} ({oldest.name}, {oldest.reason}) since "
                       f"{_time(oldest.dead_at)} UTC" if oldest else ""))
     if not result.ok:

@@ -23,6 +23,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
                      for row in cells)
 
 
+def plural(count: int, singular: str, many: str | None = None) -> str:
+    """``1 dead letter``, ``3 dead letters``, ``2 entries``: a count with its noun."""
+    return f"{count} {singular if count == 1 else many or singular + 's'}"
+
+
 def echo_json(value: Any) -> None:
     """Indented JSON on stdout (values JSON has no type for, such as times, as text)."""
     click.echo(json.dumps(value, indent=2, default=str))

@@ -14,15 +14,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import click
-from celery import Celery
 
+from celery_reliable.cli.context import app_of
 from celery_reliable.cli.output import ask, echo_json, table
 from celery_reliable.states import State, Stats, TaskState, Transition, prune_expired, queries
-
-
-def _app(ctx: click.Context) -> Celery:
-    app: Celery = ctx.obj.app
-    return app
 
 
 def _time(at: float) -> str:
@@ -51,7 +46,7 @@ def timeline(ctx: click.Context, task_id: str | None, key: str | None, as_json: 
     """Every recorded transition of task TASK_ID (or of --key KEY), oldest first."""
     if (task_id is None) == (key is None):
         raise click.UsageError("give a TASK_ID or --key KEY (one of them)")
-    app = _app(ctx)
+    app = app_of(ctx)
     found = ask(lambda: queries.timeline(app, task_id=task_id, key=key))
     if not found:
         what = f"task {task_id}" if task_id is not None else f"key {key!r}"
@@ -88,7 +83,7 @@ def stuck(
     ctx: click.Context, older_than: float, states: tuple[str, ...], limit: int, as_json: bool
 ) -> None:
     """Tasks in a non-terminal state for longer than --older-than seconds, oldest first."""
-    app = _app(ctx)
+    app = app_of(ctx)
     found = ask(lambda: queries.stuck(app, older_than, states or None, limit))
     now = datetime.now(timezone.utc).timestamp()
     if as_json:
@@ -111,7 +106,7 @@ def stuck(
 @click.pass_context
 def stats(ctx: click.Context, window: float, as_json: bool) -> None:
     """Transitions per task name and state over the window, and the failure rate."""
-    app = _app(ctx)
+    app = app_of(ctx)
     found = ask(lambda: queries.stats(app, window))
     if as_json:
         echo_json(_stats_dict(found))
@@ -151,7 +146,7 @@ def _stats_table(s: Stats) -> str:
 @click.pass_context
 def prune(ctx: click.Context, limit: int) -> None:
     """Forget tasks whose last transition is older than reliable_state_retention."""
-    app = _app(ctx)
+    app = app_of(ctx)
     total = 0
     while True:
         n = ask(lambda: prune_expired(app, limit))

@@ -6,18 +6,14 @@ import json
 import sys
 
 import click
-from celery import Celery
 
-from celery_reliable.errors import ReliableError
+from celery_reliable.cli.context import app_of
+from celery_reliable.cli.output import ask, plural
 from celery_reliable.runtime import runtime
 from celery_reliable.settings import rows
 from celery_reliable.states import state_store
+from celery_reliable.stores.model import Migration
 from celery_reliable.worker.transport import apply_defaults
-
-
-def _app(ctx: click.Context) -> Celery:
-    app: Celery = ctx.obj.app
-    return app
 
 
 @click.group(name="reliable-store")
@@ -30,18 +26,29 @@ def reliable_store() -> None:
 def migrate(ctx: click.Context) -> None:
     """Create or upgrade the store's schema (SQL stores; a no-op on Redis), and the state
     store's when reliable_state_store_url names another one."""
-    app = _app(ctx)
-    try:
-        rt = runtime(app)
-        rt.store.migrate()
-        rt.store.ping()
-        separate = rt.settings.state_store_url
-        if separate and separate != rt.settings.store_url:
-            state_store(app).migrate()
-    except ReliableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    click.echo(f"store {rt.settings.store_url} is up to date")
+    app = app_of(ctx)
+    rt = runtime(app)
+    done = ask(rt.store.migrate)
+    ask(rt.store.ping)
+    click.echo(_migrated(f"store {rt.settings.store_url}", done))
+    separate = rt.settings.state_store_url
+    if separate and separate != rt.settings.store_url:
+        click.echo(_migrated(f"state store {separate}", ask(state_store(app).migrate)))
+
+
+def _migrated(what: str, done: Migration) -> str:
+    """What a migration did, in one or two lines."""
+    if not done.has_schema:
+        return f"{what}: nothing to migrate (this kind of store has no schema)"
+    if not done.changed:
+        return f"{what}: schema version {done.to_version}, already up to date"
+    found = f"version {done.from_version}" if done.from_version else "no schema"
+    lines = [f"{what}: migrated from {found} to version {done.to_version} "
+             f"(applied {'; '.join(done.applied)})"]
+    if done.tables_created:
+        lines.append(f"created {plural(len(done.tables_created), 'table')}: "
+                     f"{', '.join(done.tables_created)}")
+    return "\n".join(lines)
 
 
 @reliable_store.command()
@@ -54,20 +61,15 @@ def check(ctx: click.Context, as_json: bool) -> None:
     Exits 2 when a setting is invalid or the store is unreachable or not migrated, 1 when
     the store's server is at risk (no persistence, an eviction policy), else 0.
     """
-    app = _app(ctx)
-    try:
-        rt = runtime(app)
-        rt.store.ping()
-        pending = rt.store.pending_count()
-        risks = rt.store.risks()
-    except ReliableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    app.loader.import_default_modules()
+    app = app_of(ctx)
+    rt = runtime(app)
+    ask(rt.store.ping)
+    pending = ask(rt.store.pending_count)
+    risks = ask(rt.store.risks)
     from celery_reliable.task import ReliableTask
 
     reliable = sorted(name for name, t in app.tasks.items() if isinstance(t, ReliableTask))
-    recovery = apply_defaults(app, rt.settings, [app.tasks[n] for n in reliable])
+    recovery = ask(lambda: apply_defaults(app, rt.settings, [app.tasks[n] for n in reliable]))
     report = {
         "store": rt.settings.store_url,
         "pending_records": pending,

@@ -36,6 +36,7 @@ from celery_reliable.stores.model import (
     Failure,
     KeyState,
     Lease,
+    Migration,
     PublishOutcome,
     SweepPolicy,
     TaskRecord,
@@ -313,8 +314,10 @@ class Store(abc.ABC):
         start and printed by ``celery -A app reliable-store check``."""
         return []
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema (SQL). A no-op where there is no schema."""
+    def migrate(self) -> Migration:
+        """Create or upgrade the schema (SQL); what it did. A no-op where there is no
+        schema."""
+        return Migration()
 
     def close(self) -> None:
         """Release connections."""

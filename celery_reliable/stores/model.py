@@ -250,3 +250,21 @@ class BreakerCheck:
     """Seconds until it is worth asking again (not allowed only)."""
     failures: int = 0
     """Consecutive failures counted so far."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What :meth:`Store.migrate` did, so ``reliable-store migrate`` can say it."""
+
+    has_schema: bool = False
+    """False: the store has no schema to create (Redis, memory)."""
+    from_version: int = 0
+    """The schema version found (0: none)."""
+    to_version: int = 0
+    applied: tuple[str, ...] = ()
+    """The steps applied, as ``"<version>: <description>"``."""
+    tables_created: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied)

@@ -49,6 +49,7 @@ from celery_reliable.stores.model import (
     Failure,
     KeyState,
     Lease,
+    Migration,
     PublishOutcome,
     SweepPolicy,
     TaskRecord,
@@ -415,12 +416,13 @@ class SQLStore(SQLDeadLetters, SQLLimits):
 
         return self._write(work)
 
-    def migrate(self) -> None:
+    def migrate(self) -> Migration:
         """Create or upgrade the schema: idempotent; concurrent runs wait for each other."""
         with (self._guard(), self.engine.connect() as conn,
               migrations.exclusive(conn, self.schema), conn.begin()):
-            migrations.upgrade(conn, self.schema)
+            done = migrations.upgrade(conn, self.schema)
         self._schema_checked = True
+        return done
 
     def close(self) -> None:
         self.engine.dispose()

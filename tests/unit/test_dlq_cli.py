@@ -116,3 +116,29 @@ def test_purge_asks_and_check(app: Celery) -> None:
     assert listed(app) == []
     reconciled = run(app, "reconcile")
     assert reconciled.exit_code == 0 and "agree" in reconciled.output
+
+
+def test_replay_of_an_unknown_id_is_one_message_like_show(app: Celery) -> None:
+    ids = seed(app)
+    for command in ("replay", "show", "purge"):
+        result = run(app, command, "no-such-id")
+        assert result.exit_code == 2, result.output
+        assert result.output == ("error: no dead letter with task id 'no-such-id' "
+                                 "(see `reliable-dlq list`)\n"), (command, result.output)
+    mixed = run(app, "replay", ids["shop.pay"][0], "no-such-id")  # what was done, then why not
+    assert mixed.exit_code == 2
+    assert mixed.output.startswith("replayed 1 in ") and mixed.output.endswith(
+        "error: no dead letter with task id 'no-such-id' (see `reliable-dlq list`)\n")
+
+
+def test_purge_prompt_and_counts_read_as_sentences(app: Celery) -> None:
+    ids = seed(app)
+    one = run(app, "purge", ids["shop.pay"][0], stdin="y\n")
+    assert one.exit_code == 0, one.output
+    assert "Discard 1 dead letter? It cannot be replayed afterwards. [y/N]" in one.output
+    assert "discarded 1 dead letter (" in one.output
+    many = run(app, "purge", "--task", "shop.ship", stdin="y\n")
+    assert "Discard 6 dead letters? They cannot be replayed afterwards. [y/N]" in many.output
+    assert "discarded 6 dead letters (" in many.output and "(s)" not in many.output
+    shown = run(app, "show", ids["shop.pay"][1])
+    assert "(1 attempt, worker" in shown.output

@@ -124,7 +124,7 @@ def test_a_migration_started_while_another_commits_waits_and_applies_nothing(
     applied = threading.Event()
     apply_missing = migrations._apply_missing
 
-    def apply_then_tell(conn: object, tables: object) -> list[int]:
+    def apply_then_tell(conn: object, tables: object) -> list[object]:
         versions = apply_missing(conn, tables)  # type: ignore[arg-type]
         if threading.current_thread().name == "first":
             applied.set()

@@ -47,10 +47,14 @@ def test_migrate_creates_the_schema_once_and_check_then_passes(
         open_store(url).ping()  # a worker is refused until the schema exists
     refused = run(app, "check")
     assert refused.exit_code == 2 and "reliable-store migrate" in refused.output
-    for _ in range(2):  # idempotent: an upgrade step run twice does nothing the second time
-        result = run(app, "migrate")
-        assert result.exit_code == 0, result.output
-        assert f"store {url} is up to date" in result.output
+    created = run(app, "migrate")  # says what it did: versions and tables
+    assert created.exit_code == 0, created.output
+    assert f"store {url}: migrated from no schema to version 4" in created.output
+    assert "created 10 tables: reliable_breakers, " in created.output
+    assert "4: dead-letter index" in created.output and "up to date" not in created.output
+    again = run(app, "migrate")  # idempotent: a step run twice does nothing the second time
+    assert again.exit_code == 0, again.output
+    assert again.output == f"store {url}: schema version 4, already up to date\n"
     open_store(url).ping()
     state_store(app).stuck(60)  # the states share the store's database and schema
     checked = run(app, "check")
@@ -73,3 +77,10 @@ def test_migrate_names_a_store_it_cannot_reach(make_app: Callable[..., Celery]) 
     result = run(app, "migrate")
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and "127.0.0.1:1" in result.output
+
+
+def test_migrate_on_a_store_without_schema_says_so(make_app: Callable[..., Celery]) -> None:
+    result = run(make_app(reliable_store_url="memory://"), "migrate")
+    assert result.exit_code == 0, result.output
+    assert result.output == ("store memory://: nothing to migrate "
+                             "(this kind of store has no schema)\n")

@@ -25,6 +25,7 @@ from collections.abc import Collection, Sequence
 from celery_reliable.states.machine import NON_TERMINAL, State, check, fits
 from celery_reliable.states.model import RecordResult, Rejection, Stats, TaskState, Transition
 from celery_reliable.stores.base import Store
+from celery_reliable.stores.model import Migration
 
 
 class StateStore(abc.ABC):
@@ -77,8 +78,9 @@ class StateStore(abc.ABC):
     def ping(self) -> None:
         """Raise StoreUnavailable/StoreError when the store cannot be used."""
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema (SQL); a no-op elsewhere."""
+    def migrate(self) -> Migration:
+        """Create or upgrade the schema (SQL); what it did. A no-op elsewhere."""
+        return Migration()
 
     def close(self) -> None:
         """Release connections."""
@@ -96,8 +98,8 @@ class SharedStoreStateStore(StateStore):
     def ping(self) -> None:
         self.store.ping()
 
-    def migrate(self) -> None:
-        self.store.migrate()
+    def migrate(self) -> Migration:
+        return self.store.migrate()
 
     def close(self) -> None:
         self.store.close()

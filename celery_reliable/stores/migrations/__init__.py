@@ -77,6 +77,7 @@ from sqlalchemy.schema import SchemaItem
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from celery_reliable.errors import StoreError
+from celery_reliable.stores.model import Migration
 
 SWEEPER_ROW = "sweeper"
 #: Seconds ``upgrade`` waits on MariaDB/MySQL for another process's migration.
@@ -386,8 +387,8 @@ def exclusive(conn: Connection, tables: Schema) -> Iterator[None]:
             conn.commit()
 
 
-def upgrade(conn: Connection, tables: Schema) -> list[int]:
-    """Apply the missing steps inside ``conn``'s transaction; returns the versions applied.
+def upgrade(conn: Connection, tables: Schema) -> Migration:
+    """Apply the missing steps inside ``conn``'s transaction; says what it applied.
 
     One process at a time: a PostgreSQL advisory lock held to the end of the
     transaction (whose DDL is transactional), the write lock SQLite's ``BEGIN
@@ -397,10 +398,18 @@ def upgrade(conn: Connection, tables: Schema) -> list[int]:
     """
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(zlib.crc32(tables.versions.name.encode()))))
-    return _apply_missing(conn, tables)
+    before = set(inspect(conn).get_table_names())
+    found = current_version(conn, tables)
+    applied = _apply_missing(conn, tables)
+    created = sorted(name for name in set(inspect(conn).get_table_names()) - before
+                     if name.startswith(f"{tables.prefix}_"))
+    return Migration(has_schema=True, from_version=found,
+                     to_version=applied[-1].version if applied else found,
+                     applied=tuple(f"{s.version}: {s.description}" for s in applied),
+                     tables_created=tuple(created))
 
 
-def _apply_missing(conn: Connection, tables: Schema) -> list[int]:
+def _apply_missing(conn: Connection, tables: Schema) -> list[Step]:
     tables.versions.create(conn, checkfirst=True)
     found = current_version(conn, tables)
     if found > SCHEMA_VERSION:
@@ -418,5 +427,5 @@ def _apply_missing(conn: Connection, tables: Schema) -> list[int]:
                 version=step.version, description=step.description, applied_at=time.time()
             )
         )
-        applied.append(step.version)
+        applied.append(step)
     return applied
