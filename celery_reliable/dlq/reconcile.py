@@ -71,7 +71,8 @@ def _reconcile_one(
     if letter is None:
         r = parsed.record
         letters.store.dead_letter(r.task_id, r.key, r.reason or "unknown", r.error,
-                                  fallback=r, failure=parsed.failure)
+                                  fallback=r, failure=parsed.failure,
+                                  dead_at=r.dead_at or None)
         result.indexed.append(r.task_id)
         return False
     if letter.replayed:

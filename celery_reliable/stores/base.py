@@ -192,13 +192,15 @@ class Store(abc.ABC):
     def dead_letter(
         self, task_id: str, key: str, reason: str, error: str | None,
         fallback: TaskRecord | None = None, failure: Failure | None = None,
+        dead_at: float | None = None,
     ) -> None:
         """Move the task's record to the dead letters (created from ``fallback`` if absent).
 
         A key still ``queued`` or ``running`` for this task is forgotten, so the
         producer no longer answers "in flight" with a task that will not run.
         The entry is keyed by task id: a second dead letter of the same task
-        updates it (its replay count is kept).
+        updates it (its replay count is kept).  ``dead_at``: when it was
+        dead-lettered, if not now (reconcile indexes a message with its own time).
         """
 
     # -- rescuer ---------------------------------------------------------------

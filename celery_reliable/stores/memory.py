@@ -157,6 +157,7 @@ class MemoryStore(Store):
     def dead_letter(
         self, task_id: str, key: str, reason: str, error: str | None,
         fallback: TaskRecord | None = None, failure: Failure | None = None,
+        dead_at: float | None = None,
     ) -> None:
         with self._lock:
             previous = self._dead.get(task_id)
@@ -177,7 +178,7 @@ class MemoryStore(Store):
                 failure = replace(failure, queue=record_queue(record.options))
             self._dead[task_id] = DeadLetter(
                 replace(record, task_id=task_id, state="dead", reason=reason, error=error,
-                        dead_at=self.clock()),
+                        dead_at=self.clock() if dead_at is None else dead_at),
                 failure,
                 replays=previous.replays if previous else 0,
                 replayed_at=previous.replayed_at if previous else None,

@@ -27,6 +27,7 @@ class RedisDeadLetters(RedisBase):
     def dead_letter(
         self, task_id: str, key: str, reason: str, error: str | None,
         fallback: TaskRecord | None = None, failure: Failure | None = None,
+        dead_at: float | None = None,
     ) -> None:
         state, record, due = self._names(key, task_id)
         tag = self._tag(key)
@@ -42,7 +43,8 @@ class RedisDeadLetters(RedisBase):
         self._run(
             "dead_letter", [record, due, f"{tag}:dead", state, f"{tag}:d:{task_id}"],
             [task_id, key, reason, error or "", f"{tag}:dead:", f.exc_type or "",
-             f.traceback or "", f.attempts, f.worker or "", f.queue or "", *fields],
+             f.traceback or "", f.attempts, f.worker or "", f.queue or "",
+             "" if dead_at is None else int(dead_at * 1000), *fields],
         )
 
     def dead_letters(self, limit: int = 100) -> list[TaskRecord]:

@@ -314,6 +314,7 @@ class SQLStore(SQLDeadLetters, SQLLimits):
     def dead_letter(
         self, task_id: str, key: str, reason: str, error: str | None,
         fallback: TaskRecord | None = None, failure: Failure | None = None,
+        dead_at: float | None = None,
     ) -> None:
         t, k, dl = self.schema.tasks, self.schema.keys, self.schema.dead_letters
         f = failure or Failure()
@@ -332,7 +333,8 @@ class SQLStore(SQLDeadLetters, SQLLimits):
                 self._drop_record(conn, task_id)
             base = _record(row) if row is not None else fallback
             entry: dict[str, Any] = {
-                "reason": reason, "error": error, "dead_at": time.time(),
+                "reason": reason, "error": error,
+                "dead_at": time.time() if dead_at is None else dead_at,
                 "exc_type": f.exc_type, "traceback": f.traceback, "attempts": f.attempts,
                 "worker": f.worker,
                 "queue": f.queue or (record_queue(base.options) if base is not None else None),

@@ -15,6 +15,7 @@ from celery_reliable.dlq.signals import task_dead_lettered
 from celery_reliable.errors import ConfigurationError, StoreUnavailable
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, queries, recorder, state_store
+from celery_reliable.stores.memory import MemoryStore
 from celery_reliable.stores.model import DeadLetterQuery
 
 
@@ -140,6 +141,21 @@ def test_reconcile_indexes_dedupes_and_republishes(app: Celery) -> None:
     assert not letters.reconcile().changed  # agreed now
     ids = sorted(m.headers.get("x-reliable-task-id", "foreign") for m in drain(app, queue))
     assert ids == sorted([a.id, b.id, c.id, "foreign"])
+
+
+def test_reconcile_indexes_a_message_with_its_own_dead_letter_time(app: Celery) -> None:
+    pay = shop(app)
+    handle = pay.apply((1,))
+    store = runtime(app).store
+    assert isinstance(store, MemoryStore)
+    entry = store.get_dead_letter(handle.id)
+    assert entry is not None
+    store.delete_dead_letters([handle.id])  # the index lost it; the queue has the message
+    clock = store.clock
+    store.clock = lambda: clock() + 3600  # reconcile runs an hour later
+    assert DeadLetters(app).reconcile().indexed == [handle.id]
+    again = store.get_dead_letter(handle.id)
+    assert again is not None and again.dead_at == pytest.approx(entry.dead_at, abs=1)
 
 
 def test_check_finds_old_unresolved_entries(app: Celery) -> None:

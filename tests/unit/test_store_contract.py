@@ -451,6 +451,18 @@ def _letter(store: Store, i: int, *, name: str = "shop.a", reason: str = "failed
     return task_id
 
 
+def test_dead_letter_keeps_a_given_dead_at_and_is_listed_by_it(any_store: Store) -> None:
+    """Reconcile indexes a message found in the DLQ queue with the message's own time."""
+    then = time.time() - 7200
+    any_store.dead_letter("old", "k-old", "failed", "boom", fallback=record("k-old", "old"),
+                          dead_at=then)
+    any_store.dead_letter("new", "k-new", "failed", "boom", fallback=record("k-new", "new"))
+    old = any_store.get_dead_letter("old")
+    assert old is not None and old.dead_at == pytest.approx(then, abs=0.002)
+    assert [e.task_id for e in any_store.list_dead_letters(
+        DeadLetterQuery(until=time.time() - 3600)).entries] == ["old"]
+
+
 def test_dead_letter_index_entry_and_redead(any_store: Store) -> None:
     rec = record("k")
     any_store.publish(rec, 60, dedupe=True)

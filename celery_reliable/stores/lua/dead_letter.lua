@@ -1,10 +1,11 @@
 -- KEYS: record, due, dead, state, dead letter
 -- ARGV: task_id, key, reason, error, index prefix, exc_type, traceback, attempts,
---       worker, queue, then the fallback record's fields as name/value pairs
+--       worker, queue, dead-at (ms; '' for now), then the fallback record's fields as
+--       name/value pairs
 -- The dead letter is its own hash ({tag}:d:<task_id>), indexed by time in KEYS[3]
 -- and by name, reason, exception type and queue in '<prefix>n:<name>' etc.
 -- A second dead letter of one task updates its entry and keeps its replay count.
-local now = now_ms()
+local now = ARGV[11] ~= '' and tonumber(ARGV[11]) or now_ms()
 local id, idx = ARGV[1], ARGV[5]
 local function index(kind, value, score)
   if value and value ~= '' then
@@ -21,8 +22,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[5], unpack(redis.call('HGETALL', KEYS[1])))
   redis.call('DEL', KEYS[1])
 elseif redis.call('EXISTS', KEYS[5]) == 0 then
-  if #ARGV > 10 then
-    redis.call('HSET', KEYS[5], unpack(ARGV, 11))
+  if #ARGV > 11 then
+    redis.call('HSET', KEYS[5], unpack(ARGV, 12))
   end
   redis.call('HSET', KEYS[5], 'key', ARGV[2])
 end
