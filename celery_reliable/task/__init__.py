@@ -6,8 +6,10 @@ The class is assembled from one part per job, each in its own module:
   call's idempotency key is derived;
 * :mod:`~celery_reliable.task.publishing`: ``apply_async``: key, persist, dedupe,
   then publish;
-* :mod:`~celery_reliable.task.execution`: ``__call__`` in a worker: claim, run
+* :mod:`~celery_reliable.task.execution`: a delivery in a worker: claim, run
   the body, complete or release;
+* :mod:`~celery_reliable.task.guard`: why that lives in ``run`` (a subclass may
+  override ``__call__``, as Flask's pattern does, without losing it);
 * :mod:`~celery_reliable.task.outcomes`: what does not simply run and succeed:
   duplicates, deferrals, retries, dead letters, a store that is down.
 """

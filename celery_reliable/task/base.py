@@ -16,6 +16,7 @@ from celery_reliable.headers import HEADER_KEY
 from celery_reliable.retry.policy import Classifier
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.settings import Settings, per_task_names
+from celery_reliable.task.guard import unwrap
 
 
 class _CurrentKey:
@@ -148,7 +149,7 @@ class _MethodKey:
 
 def _run_signature_target(cls: type[Task]) -> Callable[..., Any]:
     """``run`` as called on an instance: without ``self`` when it is a plain method."""
-    run = inspect.getattr_static(cls, "run")
+    run = unwrap(inspect.getattr_static(cls, "run"))
     if isinstance(run, staticmethod):
         return run.__func__
     if isinstance(run, types.FunctionType):

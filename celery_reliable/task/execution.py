@@ -1,8 +1,9 @@
 """The worker side of ReliableTask: claim → run → complete, or release.
 
-:meth:`Execution.__call__` claims the key's lease, runs the body while a
+:meth:`Execution._execute` claims the key's lease, runs the body while a
 heartbeat renews the lease, then completes (success) or releases (retry,
-failure).  What the claim answers decides everything else:
+failure).  It is reached through the task's ``run`` (:mod:`celery_reliable.task.guard`),
+so a subclass's own ``__call__`` cannot bypass it.  What the claim answers decides everything else:
 
 =============  =================================================================
 claimed        run the body
@@ -27,6 +28,7 @@ import functools
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import Ignore, Reject, Retry
@@ -39,6 +41,7 @@ from celery_reliable.runtime import Runtime
 from celery_reliable.settings import Settings
 from celery_reliable.states import State
 from celery_reliable.stores.model import BreakerCheck, ClaimStatus, Lease
+from celery_reliable.task.guard import GuardedRun
 from celery_reliable.task.outcomes import Outcomes
 from celery_reliable.worker.owner import owner_token
 
@@ -51,13 +54,26 @@ _COMPLETE_TRIES = 5
 class Execution(Outcomes):
     """ReliableTask in a worker: the claim, the body under a lease, the completion."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.request.called_directly:
-            # A plain function call: no message, nothing to guard.
-            return super().__call__(*args, **kwargs)
-        return self._execute(args, kwargs)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__ and not isinstance(cls.__dict__["run"], GuardedRun):
+            cls.run = GuardedRun(cls.__dict__["run"])  # see task/guard.py: why run
 
-    def _execute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's tracer calls this, or a subclass's own ``__call__``: either way the
+        body is reached through ``self.run``, which holds the guarantees."""
+        if self.request.called_directly:
+            # ``task(...)`` as a plain function: Celery's __call__ pushes a request
+            # (called directly: the guard steps aside) and runs the body.
+            return super().__call__(*args, **kwargs)
+        # In the delivery's request (Celery pushed it); a subclass's
+        # ``super().__call__`` in eager mode lands here too, not in a new request.
+        return self.run(*args, **kwargs)
+
+    def _execute(
+        self, body: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """One delivery: gate, claim, run ``body`` under the lease (``run`` calls it)."""
         request = self.request
         headers = request.headers if request.headers is not None else {}
         request.headers = headers
@@ -95,7 +111,7 @@ class Execution(Outcomes):
                     settings.max_lost_attempts,
                 )
             return self._run_claimed(
-                rt, request, key, fingerprint, owner, args, kwargs, settings, breaker
+                rt, request, key, fingerprint, owner, body, args, kwargs, settings, breaker
             )
         return self._not_claimed(claim, key, settings)
 
@@ -137,15 +153,15 @@ class Execution(Outcomes):
 
     def _run_claimed(
         self, rt: Runtime, request: Any, key: str, fingerprint: str, owner: str,
-        args: tuple[Any, ...], kwargs: dict[str, Any], settings: Settings,
-        breaker: BreakerCheck | None,
+        body: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        settings: Settings, breaker: BreakerCheck | None,
     ) -> Any:
         task_id = request.id
         store = rt.store
         heartbeat = rt.heartbeat
         heartbeat.track(Lease(key, owner, task_id), settings.lease_seconds)
         try:
-            result = self.run(*args, **kwargs)
+            result = body(*args, **kwargs)
         except Retry as retry:
             self._release(key, owner, requeued=True)
             self._record(key, State.RETRY_SCHEDULED, detail={"countdown": retry.when})

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from flask import Flask, current_app
 
 from celery_reliable import PermanentError, ReliableTask
 
@@ -97,6 +98,27 @@ def build(env: Mapping[str, str]) -> Celery:
         time.sleep(hold)
         counter.incr("effect", order_id)
         return {"order": order_id, "key": self.idempotency_key}
+
+    flask_app = Flask(f"shop-{prefix}")
+
+    class FlaskTask(ReliableTask):
+        """Flask's documented Celery task class ("Background Tasks with Celery"), with
+        ReliableTask as its base: its own ``__call__`` must not bypass the guarantees."""
+
+        abstract = True
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with flask_app.app_context():
+                return self.run(*args, **kwargs)
+
+    @app.task(name="shop.flask_receipt", shared=False, base=FlaskTask,
+              idempotency_key="receipt:{order_id}", dedupe_on_publish=False)
+    def flask_receipt(order_id: int, hold: float = 0.0) -> str:
+        """The receipt of a Flask app: needs the app's context."""
+        counter.incr("start", order_id)
+        time.sleep(hold)
+        counter.incr("effect", order_id)
+        return str(current_app.name)
 
     @app.task(name="shop.slow_effect", shared=False, base=ReliableTask,
               idempotency_key="slow:{order_id}")
