@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import click
 
 from celery_reliable.cli.context import app_of
-from celery_reliable.cli.output import ask, echo_json, plural, table
+from celery_reliable.cli.output import ask, echo_json, one_line, plural, table
 from celery_reliable.dlq.api import DeadLetters, Entry
 from celery_reliable.stores.model import DeadLetterQuery
 
@@ -84,15 +84,10 @@ def _time(at: float | None) -> str:
     return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _short(text: str | None, width: int = 60) -> str:
-    one_line = " ".join((text or "").split())
-    return one_line if len(one_line) <= width else one_line[: width - 3] + "..."
-
-
 def _entries_table(entries: Sequence[Entry]) -> str:
     return table(
         ["task id", "task", "reason", "error", "attempts", "queue", "dead at (UTC)", "replays"],
-        [[e.task_id, e.name, e.reason, _short(e.error), e.attempts, e.queue, _time(e.dead_at),
+        [[e.task_id, e.name, e.reason, one_line(e.error, 60), e.attempts, e.queue, _time(e.dead_at),
           f"{e.replays}{' (replayed)' if e.replayed else ''}"] for e in entries],
     )
 

@@ -15,12 +15,28 @@ from celery_reliable.errors import ReliableError
 T = TypeVar("T")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell; None prints as an empty cell."""
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+#: Widest cell of a table: longer text ends in "..." (the whole of it is in --json).
+CELL_MAX = 80
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], cell_max: int = CELL_MAX
+) -> str:
+    """Columns padded to their widest cell; None prints as an empty cell.  Every cell is
+    one line (an error message's newlines and indents become single spaces) of at most
+    ``cell_max`` characters, so a multi-line traceback message cannot break the rows."""
+    cells = [[str(c) for c in headers]] + [
+        ["" if c is None else one_line(str(c), cell_max) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in cells)
+
+
+def one_line(text: str | None, width: int) -> str:
+    """``text`` on one line (whitespace runs, newlines included, become one space),
+    cut to ``width`` characters with "..." at the end."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
 def plural(count: int, singular: str, many: str | None = None) -> str:

@@ -58,6 +58,28 @@ def test_timeline_of_a_task(app: Celery) -> None:
     assert '{"countdown": 2.0}' in lines[5]
 
 
+def test_a_multi_line_error_stays_in_its_cell(app: Celery) -> None:
+    message = ("payment refused:\n  Traceback (most recent call last):\n    File \"pay.py\""
+               ", line 3\n" + "x" * 200)
+    now = time.time()
+    assert not state_store(app).record([
+        Transition("t4", NAME, "receipt:4", S.PENDING, at=now - 2),
+        Transition("t4", NAME, "receipt:4", S.RECEIVED, at=now - 1),
+        Transition("t4", NAME, "receipt:4", S.STARTED, at=now - 0.5),
+        Transition("t4", NAME, "receipt:4", S.FAILED, at=now, error_type="ValueError",
+                   error_message=message),
+    ]).rejected
+    result = run(app, "timeline", "t4")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2 + 4  # heading, column names, one line per transition
+    assert "ValueError: payment refused: Traceback (most recent call last): File" in lines[-1]
+    assert lines[-1].endswith("...") and len(lines[-1]) < 200
+    [failed] = [t for t in json.loads(run(app, "timeline", "t4", "--json").output)
+                if t["state"] == "FAILED"]
+    assert failed["error_message"] == message  # the whole of it
+
+
 def test_timeline_by_key_as_json(app: Celery) -> None:
     result = run(app, "timeline", "--key", "receipt:1", "--json")
     assert result.exit_code == 0, result.output
