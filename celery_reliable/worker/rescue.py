@@ -73,6 +73,9 @@ class Rescuer:
         self._behind_logged_at = -BEHIND_LOG_EVERY
         #: the last sweep ran out of time with records still due
         self.backlog = False
+        #: since when sweeps fail on the store (monotonic), and how many were skipped
+        self._down_since: float | None = None
+        self._skipped = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="celery-reliable-rescue",
@@ -87,12 +90,35 @@ class Rescuer:
     def _loop(self) -> None:
         interval = self.runtime.settings.rescue_interval
         while not self._stop.wait(0 if self.backlog else interval):
-            try:
-                self.sweep_once()
-            except StoreError as exc:
-                self.backlog = False  # wait an interval before trying again
-                self.runtime.count("rescue_error")
-                logger.warning("rescue sweep skipped: %s", exc)
+            self.run_once()
+
+    def run_once(self) -> None:
+        """One turn of the loop: a sweep, or, with the store down, a skipped one.
+
+        A store that is down is logged when it goes down and when it answers again
+        (with how long and how many sweeps were skipped), not every interval: the
+        skipped sweeps in between are counted (``rescue_error``) and logged at debug.
+        """
+        try:
+            self.sweep_once()
+        except StoreError as exc:
+            self.backlog = False  # wait an interval before trying again
+            self.runtime.count("rescue_error")
+            self._skipped += 1
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                logger.warning(
+                    "rescue sweeps stopped: the store cannot be used (%s); trying again "
+                    "every %g s, logged once it answers", exc,
+                    self.runtime.settings.rescue_interval)
+            else:
+                logger.debug("rescue sweep skipped, the store is still down: %s", exc)
+            return
+        if self._down_since is not None:
+            logger.warning("rescue sweeps resumed: the store answers again after %.0f s "
+                           "down (%d sweeps skipped)",
+                           time.monotonic() - self._down_since, self._skipped)
+            self._down_since, self._skipped = None, 0
 
     def sweep_once(self) -> int:
         """One sweep if this worker holds the sweeper lease: batch after batch while they

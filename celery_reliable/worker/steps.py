@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery, bootsteps
 
 from celery_reliable.dlq.poison import PoisonStep
-from celery_reliable.errors import StoreError, StoreUnavailable
+from celery_reliable.errors import ReliableError, StoreError, StoreUnavailable
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.states import signals as observe
 from celery_reliable.states.runtime import states_of
@@ -30,6 +30,14 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
+        self.rescuer: Rescuer | None = None
+        self.hostname = getattr(worker, "hostname", None)
+        try:
+            self._set_up(worker)
+        except ReliableError as exc:
+            raise refuse_to_start(exc) from None
+
+    def _set_up(self, worker: Any) -> None:
         app = worker.app
         rt = runtime(app)  # raises ConfigurationError on a bad reliable_* setting
         states_of(app)
@@ -44,8 +52,6 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             logger.info("celery_reliable: solo pool: claims are sent as messages arrive")
         # Children read it to decide whether to send our custom task events (-E).
         app.conf.worker_send_task_events = bool(getattr(worker, "task_events", False))
-        self.rescuer: Rescuer | None = None
-        self.hostname = getattr(worker, "hostname", None)
 
     def start(self, worker: Any) -> None:
         rt = runtime(worker.app)
@@ -68,6 +74,13 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.rescuer is not None:
             self.rescuer.stop()
             self.rescuer = None
+
+
+def refuse_to_start(exc: ReliableError) -> SystemExit:
+    """The worker's end on a configuration error: one line naming the problem and the
+    fix (the traceback, which only shows Celery's start-up, at debug level)."""
+    logger.debug("celery_reliable: the worker cannot start", exc_info=exc)
+    return SystemExit(f"celery_reliable: the worker cannot start: {exc}")
 
 
 def _risks(rt: Runtime) -> list[str]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -71,3 +75,26 @@ def test_a_visibility_timeout_set_by_the_user_is_kept(
     apply_defaults(app, runtime(app).settings, [long_task])
     assert app.conf.broker_transport_options["visibility_timeout"] == 60
     assert "reaches the Redis visibility_timeout" in caplog.text
+
+
+def test_a_bad_setting_stops_the_worker_with_one_line(tmp_path: Path) -> None:
+    """The real ``celery worker``: a typo in a setting is one line naming the setting and
+    the fix, not Celery's 55-line start-up traceback with the message at the bottom."""
+    (tmp_path / "typo_app.py").write_text(
+        "from celery import Celery\n"
+        "from celery_reliable import ReliableTask\n"
+        "app = Celery('typo_app', broker='memory://')\n"
+        "app.conf.reliable_store_url = 'memory://'\n"
+        "app.conf.reliable_lease_second = 10\n"
+        "@app.task(base=ReliableTask)\n"
+        "def noop():\n"
+        "    pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
+    celery = Path(sys.executable).with_name("celery")
+    done = subprocess.run([str(celery), "-A", "typo_app", "worker", "-P", "solo"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert ("celery_reliable: the worker cannot start: unknown setting "
+            "reliable_lease_second; did you mean reliable_lease_seconds?") in done.stderr
