@@ -5,7 +5,10 @@ Each batch of entries (:class:`Replaying`) is, in this order:
 1. decoded, refusing what the app does not accept (a dead letter is untrusted input);
 2. marked replayed in the store (``claim_replays``), so replaying twice publishes once;
 3. recorded as REPLAYED in the state store, so that the worker's RECEIVED finds it;
-4. persisted as fresh task records (persist before publish holds for replays too);
+4. persisted as fresh task records (persist before publish holds for replays too),
+   each due for rescue ``rescue_after`` after its publish is planned, not after the
+   batch was persisted (a slow rate must not let the rescuer send what the replay
+   has not sent yet);
 5. published, a few at a time on their own producers, or paced to a rate.
 
 A replay that fails at 4 or 5 is taken back: unmarked, and DEAD_LETTERED again in
@@ -92,7 +95,7 @@ class Replaying:
         with self.app.producer_or_acquire() as producer:
             for letter, call in part:
                 if paced:
-                    _pace(self.rate, self.started, len(result.replayed))
+                    _pace(self._planned(len(result.replayed)))
                 try:
                     self._republish(letter, *call, producer=producer)
                 # kombu raises many types when the broker is away: report, keep the entry
@@ -122,9 +125,15 @@ class Replaying:
         self, chosen: list[tuple[DeadLetter, Call]], result: ReplayResult
     ) -> list[tuple[DeadLetter, Call]]:
         """Fresh task records for the replays (so the rescuer covers them as any
-        publish), one store call for the batch; the replays that may go ahead."""
+        publish), one store call for the batch; the replays that may go ahead.
+
+        Each record's deadline is ``rescue_after`` from the time its publish is planned
+        for, not from now: paced to a slow rate, a batch takes longer than
+        ``rescue_after`` (200 entries at 2/s: 100 s), and the rescuer would republish
+        the entries this replay has not sent yet."""
+        now = time.monotonic()
         fresh = []
-        for letter, (args, kwargs, options) in chosen:
+        for n, (letter, (args, kwargs, options)) in enumerate(chosen):
             r = letter.record
             settings = routing.settings_for(self.app, r.name)
             if settings.persist_on_publish:
@@ -132,7 +141,8 @@ class Replaying:
                     self.app, name=r.name, task_id=r.task_id, key=r.key,
                     fingerprint=r.fingerprint, args=args, kwargs=kwargs, options=options,
                 )
-                fresh.append((record, settings.rescue_after))
+                wait = self._planned(len(result.replayed) + n) - now
+                fresh.append((record, settings.rescue_after + max(0.0, wait)))
         if not fresh:
             return chosen
         try:
@@ -143,6 +153,11 @@ class Replaying:
                 result.failed[letter.task_id] = f"{type(exc).__name__}: {exc}"
             return []
         return chosen
+
+    def _planned(self, done: int) -> float:
+        """When the publish after ``done`` others is due (monotonic): now without a rate.
+        :func:`_pace` holds each publish to it."""
+        return self.started + done / self.rate if self.rate else time.monotonic()
 
     def _republish(
         self, letter: DeadLetter, args: list[Any], kwargs: dict[str, Any],
@@ -220,11 +235,11 @@ def call_of(app: Celery, letter: DeadLetter) -> Call:
     return records.decode(app, r)
 
 
-def _pace(rate: float | None, started: float, done: int) -> None:
-    if rate:
-        wait = started + done / rate - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+def _pace(planned: float) -> None:
+    """Wait until the monotonic time ``planned`` (the rate limit of a replay)."""
+    wait = planned - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
 
 
 _pool: ThreadPoolExecutor | None = None

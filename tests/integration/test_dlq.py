@@ -116,6 +116,33 @@ def test_filtered_purge_and_replay_touch_exactly_the_matching_entries(
     assert not letters.reconcile().changed
 
 
+def test_a_slow_replay_holds_its_rate_and_the_rescuer_sends_nothing_early(
+    make_shop: Callable[..., Shop],
+) -> None:
+    """5 entries at 2/s take 2 s, longer than rescue_after (1 s): each entry's record
+    is due for rescue a rescue_after after its own planned publish, so the rescuer of
+    the running worker (sweeping every 0.2 s) never republishes one the replay has not
+    sent yet. (It did: the batch was persisted due in rescue_after, before the pacing.)"""
+    shop = make_shop("redis", TEST_RESCUE_AFTER="1", TEST_RESCUE_INTERVAL="0.2")
+    letters = DeadLetters(shop.app)
+    handles = [shop.task("charge").delay(i) for i in range(5)]
+    with shop.worker():
+        wait_for(lambda: len(letters.list().entries) == 5, 60, "5 dead letters")
+        wait_for(lambda: settled(shop), 30, "the original messages acknowledged")
+        shop.counter.client.set(f"{shop.env['TEST_PREFIX']}:gateway_fixed", 1)
+        result = letters.replay(query=DeadLetterQuery(), rate=2)
+        assert len(result.replayed) == 5
+        assert result.seconds >= 2.0  # sent at 0, 0.5, 1, 1.5 and 2 s
+        wait_for(lambda: shop.counter.total("effect") == 5, 30, "the replays")
+        wait_for(lambda: settled(shop), 30, "the replays acknowledged")
+    for handle in handles:
+        states = [t.state for t in queries.timeline(shop.app, task_id=handle.id)]
+        after = states[states.index(State.REPLAYED):]
+        assert State.RESCUED not in after, states
+        assert after.count(State.RECEIVED) == 1, states  # one message per replayed entry
+    assert shop.counter.total("start") == 5 * 3  # 2 attempts, then the replay
+
+
 @pytest.mark.parametrize("broker", BROKERS)
 def test_poison_messages_end_in_the_dlq(make_shop: Callable[..., Shop], broker: str) -> None:
     shop = make_shop(broker)
