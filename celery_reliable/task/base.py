@@ -16,6 +16,7 @@ from celery_reliable.headers import HEADER_KEY
 from celery_reliable.retry.policy import Classifier
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.settings import Settings, per_task_names
+from celery_reliable.task import options
 from celery_reliable.task.guard import unwrap
 
 
@@ -69,6 +70,7 @@ class TaskBase(Task):  # type: ignore[misc]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        options.check(cls)  # a typo of an option must not run the task with the default
         # Celery sets decorator options as class attributes: move a template or
         # callable given as ``idempotency_key`` aside and keep the descriptor.
         source = cls.__dict__.get("idempotency_key")
