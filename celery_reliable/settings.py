@@ -336,6 +336,14 @@ class Settings:
         "Characters of a traceback kept in a dead letter (the end of it: where it failed).",
         _number(0, integer=True),
     )
+    dlq_resolved_retention: float = setting(
+        3600.0,
+        "Seconds a resolved dead letter (replayed and then succeeded, or whose key has "
+        "succeeded since) stays listed after its replay (or its dead-lettering): then the "
+        "sweeping worker forgets it. At most reliable_retention, the time a success is "
+        "remembered by.",
+        _number(0),
+    )
     redis_shards: int = setting(
         1,
         "Redis store only: spread keys over this many hash-tag slots (Redis Cluster).",

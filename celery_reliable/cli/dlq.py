@@ -255,6 +255,8 @@ def replay(ctx: click.Context, /, task_ids: tuple[str, ...], since: str | None,
 @reliable_dlq.command()
 @click.argument("task_ids", nargs=-1)
 @filters
+@click.option("--replayed/--unresolved", "replayed", default=None,
+              help="Only entries replayed since they failed, or only those not.")
 @click.option("--all", "everything", is_flag=True, help="Every entry.")
 @click.option("--dry-run", is_flag=True, help="Say what would be discarded; discard nothing.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many entries.")
@@ -262,10 +264,11 @@ def replay(ctx: click.Context, /, task_ids: tuple[str, ...], since: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def purge(ctx: click.Context, /, task_ids: tuple[str, ...], since: str | None,
-          until: str | None, everything: bool, dry_run: bool, limit: int | None, yes: bool,
-          as_json: bool, **given: Any) -> None:
+          until: str | None, replayed: bool | None, everything: bool, dry_run: bool,
+          limit: int | None, yes: bool, as_json: bool, **given: Any) -> None:
     """Discard dead letters from the index and the DLQ queue (each one is logged)."""
-    ids, query = _selection(task_ids, everything, _query(since, until, **given))
+    ids, query = _selection(task_ids, everything,
+                            _query(since, until, replayed=replayed, **given))
     letters = _letters(ctx)
     preview = ask(lambda: letters.purge(ids, query, limit=limit, dry_run=True))
     if preview.missing:

@@ -24,7 +24,7 @@ from typing import Any
 from celery import Celery
 
 from celery_reliable import records
-from celery_reliable.dlq import broker
+from celery_reliable.dlq import broker, retention
 from celery_reliable.dlq.message import UNREADABLE_REASONS, DeadLetterMessage
 from celery_reliable.dlq.model import (
     CheckResult,
@@ -102,15 +102,38 @@ class DeadLetters:
                       timeline_note)
 
     def check(self, older_than: float) -> CheckResult:
-        """Unresolved (never replayed) entries dead for longer than ``older_than`` seconds."""
+        """Unresolved entries dead for longer than ``older_than`` seconds: never
+        replayed, and their key has not succeeded since (one key lookup per entry
+        dead for that long; :mod:`celery_reliable.dlq.retention`)."""
         if older_than < 0:
             raise ConfigurationError(f"older_than must be >= 0 seconds, got {older_than}")
         query = DeadLetterQuery(until=time.time() - older_than, replayed=False)
         count, oldest = 0, None
         for letter in self.matching(query):
+            if retention.resolved(self.store, letter):
+                continue
             count += 1
             oldest = letter
         return CheckResult(older_than, count, Entry.of(oldest) if oldest else None)
+
+    def resolved(self, task_id: str) -> bool:
+        """Whether entry ``task_id`` is resolved: its key has succeeded since (its
+        replay, or another call with the same key and arguments)."""
+        letter = self.store.get_dead_letter(task_id)
+        return letter is not None and retention.resolved(self.store, letter)
+
+    def prune_resolved(self, limit: int = 500, cursor: str | None = None) -> retention.Pruned:
+        """Forget resolved entries older than ``reliable_dlq_resolved_retention``, among
+        ``limit`` entries from ``cursor`` on (the sweeping worker calls it)."""
+        return retention.prune_resolved(self, limit, cursor)
+
+    def forget(self, letters: Sequence[DeadLetter]) -> None:
+        """Remove entries from the index, and the messages of those never replayed from
+        the DLQ queue (a replay already took its entry's off)."""
+        self.store.delete_dead_letters([letter.task_id for letter in letters])
+        queued = {letter.task_id for letter in letters if not letter.replayed}
+        if queued:
+            self._remove_messages(queued)
 
     # -- replay ----------------------------------------------------------------------
     def replay(

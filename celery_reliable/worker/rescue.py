@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from celery_reliable import records
 from celery_reliable.dlq import routing
+from celery_reliable.dlq.api import DeadLetters
 from celery_reliable.dlq.events import send_task_event
 from celery_reliable.dlq.publisher import DeadLetterPublishError
 from celery_reliable.errors import StoreError
@@ -57,6 +58,10 @@ PRUNE_EVERY = 10.0
 PRUNE_BATCH, PRUNE_BUDGET = 1000, 2.0
 #: a prune that falls behind says so at most this often
 BEHIND_LOG_EVERY = 300.0
+#: seconds between two looks for resolved dead letters past their retention, and the
+#: entries looked at each time (a key lookup each): the index is gone through a page at
+#: a time, so a large DLQ costs the store a few lookups a second at most.
+DLQ_PRUNE_EVERY, DLQ_PRUNE_PAGE = 60.0, 500
 
 
 class Rescuer:
@@ -70,6 +75,8 @@ class Rescuer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pruned_at = time.monotonic()
+        self._dlq_pruned_at = time.monotonic()
+        self._dlq_cursor: str | None = None
         self._behind_logged_at = -BEHIND_LOG_EVERY
         #: the last sweep ran out of time with records still due
         self.backlog = False
@@ -141,7 +148,29 @@ class Rescuer:
             if not self.backlog or self._stop.is_set() or time.monotonic() - started >= interval:
                 break
         self._prune()
+        self._prune_dead_letters()
         return handled
+
+    def _prune_dead_letters(self) -> None:
+        """Forget resolved dead letters past ``reliable_dlq_resolved_retention``, one page
+        of the index every :data:`DLQ_PRUNE_EVERY` seconds, going on where the last
+        page ended (:mod:`celery_reliable.dlq.retention`)."""
+        now = time.monotonic()
+        if now - self._dlq_pruned_at < DLQ_PRUNE_EVERY:
+            return
+        self._dlq_pruned_at = now
+        try:
+            pruned = DeadLetters(self.runtime.app).prune_resolved(DLQ_PRUNE_PAGE,
+                                                                  self._dlq_cursor)
+        # a store error, or the broker's while taking the entries' messages off the DLQ
+        # queue (kombu raises many types): the next look tries again
+        except Exception as exc:  # noqa: BLE001
+            self.runtime.count("prune_error")
+            logger.warning("forgetting resolved dead letters failed: %s", exc)
+            return
+        self._dlq_cursor = pruned.cursor
+        if pruned.forgotten:
+            self.runtime.count("dead_letters_forgotten", len(pruned.forgotten))
 
     def _prune(self) -> None:
         """Forget what is past its retention, every :data:`PRUNE_EVERY` seconds, by the

@@ -142,3 +142,14 @@ def test_purge_prompt_and_counts_read_as_sentences(app: Celery) -> None:
     assert "discarded 6 dead letters (" in many.output and "(s)" not in many.output
     shown = run(app, "show", ids["shop.pay"][1])
     assert "(1 attempt, worker" in shown.output
+
+
+def test_purge_replayed_discards_only_the_replayed_entries(app: Celery) -> None:
+    ids = seed(app)
+    replayed = ids["shop.pay"][:2]
+    assert run(app, "replay", *replayed).exit_code == 0
+    result = run(app, "purge", "--replayed", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert sorted(e["task_id"] for e in json.loads(result.output)["purged"]) == sorted(replayed)
+    assert len(listed(app)) == 10 and listed(app, "--replayed") == []
+    assert run(app, "purge", "--replayed", "--yes").exit_code == 1  # none left
