@@ -40,3 +40,25 @@ def test_settings_page_matches_the_settings_table() -> None:
         "docs/settings.md is out of date: paste the output of "
         "`python -c 'from celery_reliable.settings import markdown_table as t; print(t())'`"
     )
+
+
+def test_the_tests_the_docs_cite_exist() -> None:
+    """docs/guarantees.md says which test proves each guarantee: a renamed or deleted
+    test must not leave the claim standing on nothing. ``::name`` alone continues the
+    file named before it."""
+    import re
+
+    missing = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        current: Path | None = None
+        for m in re.finditer(r"`(tests/[\w/]+\.py)(?:::(\w+))?`|`::(\w+)`", page.read_text()):
+            path, name, continued = m.groups()
+            if path:
+                current = ROOT / path
+                if not current.exists():
+                    missing.append(f"{page.name}: {path}")
+                    continue
+            name = name or continued
+            if name and (current is None or f"def {name}(" not in current.read_text()):
+                missing.append(f"{page.name}: {current}::{name}")
+    assert missing == [], missing

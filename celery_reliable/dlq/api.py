@@ -1,4 +1,4 @@
-"""The dead-letter API: what the CLI and the dashboard call.
+"""The dead-letter API: what the CLI calls, and what any other surface should.
 
 ``DeadLetters(app)`` reads the index in the store (fast, filtered, paged: the
 queue is never drained to list it) and keeps the DLQ queue in step with it:

@@ -1,6 +1,6 @@
 """What the dead-letter API returns: typed, JSON-friendly results.
 
-Kept apart from :mod:`.api` so the dashboard and the CLI can import the shapes
+Kept apart from :mod:`.api` so the CLI (and any other surface) can import the shapes
 without the machinery.
 """
 

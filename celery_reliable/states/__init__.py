@@ -1,7 +1,7 @@
 """Every transition recorded (G5): the lifecycle, the recorder, the state stores, queries.
 
 ``recorder(app).transition(...)`` is what tasks and signal handlers call;
-:mod:`celery_reliable.states.queries` is what the CLI and Flower read.
+:mod:`celery_reliable.states.queries` is what the CLI and the DLQ read.
 """
 
 from __future__ import annotations

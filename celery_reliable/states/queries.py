@@ -1,4 +1,4 @@
-"""The read side of the states: what the CLI, the Flower tab and the DLQ call.
+"""The read side of the states: what the CLI and the DLQ call.
 
 Thin on purpose: each answers one question from the app's state store.
 Store errors propagate (``StoreUnavailable`` when unreachable), bad arguments

@@ -2,48 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from celery_reliable.runtime import runtime
 from tests.harness import wait_for
+from tests.servers import free_port, private_redis
 from tests.shopfixture import Shop
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A Redis of this test's own, so stopping it disturbs no other test."""
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-    def answers() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    wait_for(answers, 10, f"redis-server on port {port}")
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def test_claim_with_store_down_defers_then_runs_once(make_shop: Callable[..., Shop]) -> None:
-    port = _free_port()
+    port = free_port()
     shop = make_shop("redis", TEST_STORE_URL=f"redis://127.0.0.1:{port}/0")
     with private_redis(port):
         handle = shop.task("send_receipt").delay(1)
@@ -59,7 +27,7 @@ def test_claim_with_store_down_defers_then_runs_once(make_shop: Callable[..., Sh
 
 
 def test_state_store_down_loses_no_task(make_shop: Callable[..., Shop]) -> None:
-    port = _free_port()
+    port = free_port()
     shop = make_shop("redis", TEST_STATE_STORE_URL=f"redis://127.0.0.1:{port}/0")
     task = shop.task("send_receipt")
     with private_redis(port):
