@@ -37,8 +37,7 @@ import redis
 from bench._common import REDIS, command_line, delete_matching, emit, machine, table, tag
 from celery_reliable import keys
 from celery_reliable.stores import open_store
-from celery_reliable.stores.redis import STALE_TTL_MS, RedisStore
-from celery_reliable.stores.redis_base import ms
+from celery_reliable.stores.redis import RedisStore
 
 LEASE, MAX_LOST, RETENTION = 30.0, 3, 86400.0
 OWNER = "celery@worker-1:12345:"
@@ -60,9 +59,8 @@ def fill(store: RedisStore, first: int, n: int, batch: int, mode: str) -> None:
             continue
         pipe = store.client.pipeline(transaction=False)
         for key, fp, task_id, owner in calls:
-            names = list(store._names(key, task_id))
-            store._scripts["claim"](keys=names, client=pipe, args=[
-                fp, task_id, owner, ms(LEASE), MAX_LOST, STALE_TTL_MS])
+            claim_keys, claim_args = store._claim_call(key, fp, task_id, owner, LEASE, MAX_LOST)
+            store._scripts["claim"](keys=claim_keys, client=pipe, args=claim_args)
             done_keys, done_args = store.complete_call(key, fp, owner, task_id, result, RETENTION)
             store._scripts["complete"](keys=done_keys, client=pipe, args=done_args)
         replies = pipe.execute()

@@ -44,6 +44,7 @@ from celery_reliable.stores.model import (
     TaskRecord,
 )
 from celery_reliable.stores.redis_base import (
+    DONE_FINGERPRINT,
     KEY_STATES,
     RECORD_FIELDS,
     T,
@@ -237,7 +238,7 @@ class RedisStore(RedisDeadLetters, RedisLimits):
         """(keys, args) of the complete script (benchmarks pipeline it)."""
         packed = "~" if result is None else ("" if result == "null" else result)
         return list(self._names(key, task_id)), [
-            owner, fingerprint[:8], compact_id(task_id), packed, ms(retention), task_id
+            owner, fingerprint, compact_id(task_id), packed, ms(retention), task_id
         ]
 
     @guarded
@@ -285,9 +286,10 @@ class RedisStore(RedisDeadLetters, RedisLimits):
         if raw is None:
             return None
         raw = str(raw)  # decode_responses=True
-        if raw.startswith("D"):
-            task_id, _, result = raw[9:].partition("\t")
-            return KeyState("done", raw[1:9], expand_id(task_id) or "",
+        width = DONE_FINGERPRINT.get(raw[:1])
+        if width is not None:
+            task_id, _, result = raw[width + 1:].partition("\t")
+            return KeyState("done", raw[1:width + 1], expand_id(task_id) or "",
                             result=_result("done", result))
         state, fp, task_id, *rest = json.loads(raw)
         owner, until, lost = rest

@@ -3,6 +3,7 @@ error translation and the lean script calls (``redis_calls.py``)."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import uuid
 import zlib
@@ -169,19 +170,31 @@ class RedisBase(Store):
         self.client.connection_pool.reset()
 
 
+#: first character of a packed done value -> characters of the fingerprint it keeps:
+#: 'E' keeps all 16 (64 bits); 'D', written before, kept 8 and is still read
+DONE_FINGERPRINT = {"E": 16, "D": 8}
+
+
 def compact_id(task_id: str) -> str:
-    """A UUID task id as ``!`` + 32 hex digits, so a done key fits Redis's inline strings."""
+    """A UUID task id as ``#`` + its 16 bytes in unpadded base64url (23 characters), so
+    a done key with the whole fingerprint still fits Redis's embedded strings (44 bytes:
+    ``E`` + 16 + 23 + tab = 41 for a None result)."""
     if len(task_id) != 36 or task_id.count("-") != 4:
         return task_id
     try:
-        return "!" + uuid.UUID(task_id).hex
+        raw = uuid.UUID(task_id).bytes
     except ValueError:  # 36 characters with four dashes, but not hexadecimal
         return task_id
+    return "#" + base64.urlsafe_b64encode(raw).decode()[:22]
 
 
 def expand_id(task_id: str | None) -> str | None:
+    """The task id a done value keeps (``#`` + base64url, or ``!`` + 32 hex digits as
+    written before the whole fingerprint was kept)."""
     if not task_id:
         return None
+    if task_id.startswith("#") and len(task_id) == 23:
+        return str(uuid.UUID(bytes=base64.urlsafe_b64decode(task_id[1:] + "==")))
     if task_id.startswith("!") and len(task_id) == 33:
         return str(uuid.UUID(task_id[1:]))
     return task_id

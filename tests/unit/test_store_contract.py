@@ -161,6 +161,20 @@ def test_fingerprint_conflict(any_store: Store) -> None:
     assert outcome.status is PublishStatus.CONFLICT
 
 
+def test_a_done_key_keeps_all_64_bits_of_the_fingerprint(any_store: Store) -> None:
+    task_id = str(uuid.uuid4())  # a UUID: the Redis store packs it into the done value
+    assert any_store.claim("k", FP, task_id, "a", 30, max_lost=3).runs
+    assert any_store.complete("k", FP, "a", task_id, None, retention=60)
+    state = any_store.get_key("k")
+    assert state is not None and state.fingerprint == FP and state.task_id == task_id
+    late = "f" * 8 + "0" * 8  # the same first 32 bits, other arguments
+    assert any_store.claim("k", late, "t2", "b", 30, max_lost=3).status is ClaimStatus.CONFLICT
+    outcome = any_store.publish(record("k", fp=late), 60, dedupe=True)
+    assert outcome.status is PublishStatus.CONFLICT and outcome.task_id == task_id
+    assert any_store.lookup("k", late).status is PublishStatus.CONFLICT
+    assert any_store.claim("k", FP, "t3", "c", 30, max_lost=3).status is ClaimStatus.DONE
+
+
 def test_release_requeued_keeps_key_in_flight(any_store: Store) -> None:
     any_store.claim("k", FP, "t1", "a", 30, max_lost=3)
     assert any_store.release("k", "a", "t1", requeued=True)

@@ -2,10 +2,14 @@
 -- Key states queued/running/dead are cjson arrays:
 --   {state, fingerprint, task_id, owner, lease_until_ms, lost}   state: Q, R or X
 -- A done key, kept for the whole retention window, is packed into one short
--- string so that Redis stores it inline (44 bytes or less for a UUID task id
--- and a None result):
---   'D' .. fingerprint[1..8] .. compact_task_id .. '\t' .. result
+-- string so that Redis stores it inline as an embstr (44 bytes or less for a
+-- UUID task id and a None result):
+--   'E' .. fingerprint (16 hex: 64 bits) .. compact_task_id .. '\t' .. result
 -- where the result is '' for None, '~' when it was not kept, else its JSON.
+-- Done keys written before that kept 8 characters ('D' .. fingerprint[1..8] ..);
+-- they are still read, and compared on those 8 characters, until they expire.
+-- get_state returns either as {'D', fingerprint, compact_task_id, result}.
+local DONE_FINGERPRINT = {D = 8, E = 16}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -13,15 +17,17 @@ end
 local function get_state(key)
   local raw = redis.call('GET', key)
   if not raw then return nil end
-  if string.sub(raw, 1, 1) == 'D' then
-    local rest = string.sub(raw, 10)
+  local n = DONE_FINGERPRINT[string.sub(raw, 1, 1)]
+  if n then
+    local rest = string.sub(raw, n + 2)
     local tab = string.find(rest, '\t', 1, true)
-    return {'D', string.sub(raw, 2, 9), string.sub(rest, 1, tab - 1), string.sub(rest, tab + 1)}
+    return {'D', string.sub(raw, 2, n + 1), string.sub(rest, 1, tab - 1),
+            string.sub(rest, tab + 1)}
   end
   return cjson.decode(raw)
 end
 local function same_args(cur, fingerprint)
-  if cur[1] == 'D' then return cur[2] == string.sub(fingerprint, 1, 8) end
+  if cur[1] == 'D' then return cur[2] == string.sub(fingerprint, 1, #cur[2]) end
   return cur[2] == fingerprint
 end
 local function set_state(key, value, ttl_ms)
