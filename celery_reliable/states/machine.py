@@ -18,8 +18,12 @@ rendered as Lua (:func:`lua_table`), so the three backends cannot disagree.
 A task's first recorded transition is PENDING, or RECEIVED when its producer
 does not record (``send_task``, an older client).  Terminal states
 (SUCCEEDED, DEDUPLICATED, DEAD_LETTERED) are where the engine leaves a task;
-only an operator's replay moves a dead letter on.  An illegal transition is a
-bug somewhere: the recorder reports it and the store does not write it.
+only an operator's replay moves a dead letter on; a repeat of a finished task
+(published again under its id, delivered again) is recorded as an echo
+(:data:`ECHOES`) that does not move it.  An illegal transition is a bug
+somewhere: the recorder reports it and the store does not write it.  Which
+transition is judged against which is the job of
+:mod:`celery_reliable.states.ordering` (happened-order, not arrival).
 """
 
 from __future__ import annotations
@@ -65,6 +69,16 @@ TERMINAL = frozenset({State.SUCCEEDED, State.DEDUPLICATED, State.DEAD_LETTERED})
 NON_TERMINAL = frozenset(State) - TERMINAL
 #: States a task may be recorded in first.
 INITIAL = frozenset({State.PENDING, State.RECEIVED})
+#: What a repeat of a finished task records: published again under its id (PENDING),
+#: delivered again (RECEIVED, then DEDUPLICATED).  After a terminal state these are
+#: *echoes*, kept in the history but never a move (see
+#: :func:`celery_reliable.states.ordering.settle`): the last echo (None: none, or
+#: a DEDUPLICATED that closed one) -> the echoes that may follow it.
+ECHOES: Mapping[State | None, frozenset[State]] = {
+    None: frozenset({State.PENDING, State.RECEIVED, State.DEDUPLICATED}),
+    State.PENDING: frozenset({State.PENDING, State.RECEIVED, State.DEDUPLICATED}),
+    State.RECEIVED: frozenset({State.DEDUPLICATED}),
+}
 
 S = State
 # Waiting on the broker: a worker may receive it, the rescuer may republish it
@@ -105,17 +119,6 @@ def check(previous: State | None, new: State) -> bool:
     return new in LEGAL[previous]
 
 
-def fits(before: State | None, new: State, after: State | None) -> bool:
-    """May ``new`` be inserted between two recorded transitions?
-
-    Used for a transition that arrives *late*: written by another process
-    before the task's current state but flushed after it (a producer's PENDING
-    flushed after the worker's RECEIVED).  It goes into the history at its own
-    time when it is legal after its predecessor and before its successor.
-    """
-    return check(before, new) and (after is None or check(new, after))
-
-
 def parse(name: str | State) -> State:
     """A state from its name, case-insensitively (``started`` -> STARTED)."""
     if isinstance(name, State):
@@ -133,8 +136,9 @@ def parse_many(names: Iterable[str | State] | None) -> frozenset[State] | None:
 
 
 def lua_table() -> str:
-    """:data:`LEGAL` and :data:`TERMINAL` as Lua (prepended to the Redis record script);
-    ``LEGAL['']`` holds :data:`INITIAL`."""
+    """:data:`LEGAL`, :data:`TERMINAL` and :data:`ECHOES` (as ``ECHO``) as Lua (prepended
+    to the Redis record script); ``LEGAL['']`` holds :data:`INITIAL`, ``ECHO['']`` the
+    echoes right after a terminal state."""
     rows = []
     for state, targets in sorted(LEGAL.items()):
         inner = ", ".join(f"{t.value}=true" for t in sorted(targets))
@@ -142,5 +146,11 @@ def lua_table() -> str:
     initial = ", ".join(f"{s.value}=true" for s in sorted(INITIAL))
     rows.append(f"  [''] = {{{initial}}},")
     terminal = ", ".join(f"{s.value}=true" for s in sorted(TERMINAL))
+    echoes = []
+    for echo, targets in sorted(ECHOES.items(), key=lambda item: item[0] or ""):
+        inner = ", ".join(f"{t.value}=true" for t in sorted(targets))
+        name = echo.value if echo else ""
+        echoes.append(f"  ['{name}'] = {{{inner}}},")
     return ("local LEGAL = {\n" + "\n".join(rows) + "\n}\n"
-            + f"local TERMINAL = {{{terminal}}}\n")
+            + f"local TERMINAL = {{{terminal}}}\n"
+            + "local ECHO = {\n" + "\n".join(echoes) + "\n}\n")

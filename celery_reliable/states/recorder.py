@@ -68,7 +68,8 @@ _recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 _Call = tuple[float, str, str, str, Sequence[Any], int, str | None, tuple[str, str] | None,
               dict[str, Any] | None]
 """A reported call: (time, task id, name, key, states, attempt, worker, (error type,
-error message), detail)."""
+error message), detail).  A negative time was given by the caller (``at=``): kept as it
+is, not made later than the process's last one."""
 
 
 COUNTERS = ("written", "duplicates", "rejected_illegal", "write_errors",
@@ -113,26 +114,31 @@ class Recorder:
     def transition(
         self, task_id: str, name: str, key: str, state: State, *, attempt: int = 1,
         worker: str | None = None, error: BaseException | None = None,
-        detail: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None, at: float | None = None,
     ) -> None:
-        """Record that the task moved to ``state`` now.  Never raises, never blocks (async)."""
+        """Record that the task moved to ``state`` now (or at ``at``, see
+        :meth:`transitions`).  Never raises, never blocks (async)."""
         self.transitions(task_id, name, key, (state,), attempt=attempt, worker=worker,
-                         error=error, detail=detail)
+                         error=error, detail=detail, at=at)
 
     def transitions(
         self, task_id: str, name: str, key: str, states: Sequence[State], *, attempt: int = 1,
         worker: str | None = None, error: BaseException | None = None,
-        detail: Mapping[str, Any] | None = None,
+        detail: Mapping[str, Any] | None = None, at: float | None = None,
     ) -> None:
         """Record that the task moved through ``states`` now, in that order (a worker's
         RECEIVED then STARTED); ``error`` and ``detail`` belong to the last one.  One call
-        for several: this runs on every task's path."""
+        for several: this runs on every task's path.
+
+        ``at`` (``time.time()`` taken earlier): when the move happened before it could be
+        known which one it was, e.g. just before publishing a message that another process
+        may record the next state of before this call (a producer's PENDING, a deferral)."""
         if not self.enabled:
             return
         failure = (None if error is None
                    else (type(error).__name__[:_NAME_MAX], str(error)[:_MESSAGE_MAX]))
         details = dict(detail) if detail else None
-        at = time.time()
+        at = -at if at is not None else time.time()  # negative: stamped by the caller
         with self._lock:
             room = self.buffer_size - self._queued
             if room < len(states):
@@ -176,13 +182,16 @@ class Recorder:
             error_type, error_message = failure if failure is not None else (None, None)
             last = len(checked) - 1
             for i, state in enumerate(checked):
-                # Whole microseconds (what Redis scores and ids keep), strictly increasing
-                # within a process even if the wall clock steps back: the order of one
-                # process's transitions is their order in time on every backend.
-                self._last_us = max(int(at * 1_000_000), self._last_us + 1)
+                if at < 0:  # stamped by the caller: kept, a microsecond apart within the call
+                    us = int(-at * 1_000_000) + i
+                else:
+                    # Whole microseconds (what Redis scores and ids keep), strictly
+                    # increasing within a process even if the wall clock steps back: the
+                    # order of one process's transitions is their order in time.
+                    us = self._last_us = max(int(at * 1_000_000), self._last_us + 1)
                 final = i == last
                 made.append(Transition(
-                    task_id, name, key, state, attempt, worker, self._last_us / 1_000_000,
+                    task_id, name, key, state, attempt, worker, us / 1_000_000,
                     error_type if final else None, error_message if final else None,
                     details if final else None,
                 ))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -194,11 +195,13 @@ class Outcomes(TaskBase):
 
     def _defer(self, countdown: float, reason: str) -> Any:
         """Publish this task again later without using an attempt; ack this copy."""
+        # Stamped before the republish: its next copy (same attempt) may be received and
+        # recorded elsewhere before this copy's states are.
+        at = time.time()
         retry = self._republish(countdown)
         key = (self.request.headers or {}).get(HEADER_KEY, "")
-        self._record(key, State.RECEIVED)
-        self._record(key, State.DEFERRED,
-                     detail={"reason": reason, "countdown": round(countdown, 3)})
+        self._record(key, State.RECEIVED, State.DEFERRED,
+                     detail={"reason": reason, "countdown": round(countdown, 3)}, at=at)
         self.reliable.count("deferred")
         logger.info("%s[%s] deferred %.1f s: %s", self.name, self.request.id, countdown, reason)
         raise retry
@@ -242,6 +245,7 @@ class Outcomes(TaskBase):
     def _record(
         self, key: str, *states: State, error: BaseException | None = None,
         detail: Mapping[str, Any] | None = None, task_id: str | None = None,
+        at: float | None = None,
     ) -> None:
         """Record that this task moved through ``states`` now, in order (buffered; never
         raises into the task; ``error`` and ``detail`` belong to the last), and send a
@@ -252,7 +256,7 @@ class Outcomes(TaskBase):
         recorder(app).transitions(
             task_id or request.id, self.name, key, states,
             attempt=(request.retries or 0) + 1, worker=request.hostname, error=error,
-            detail=detail,
+            detail=detail, at=at,
         )
         if EVENT_STATES.isdisjoint(states) or request.is_eager:
             return

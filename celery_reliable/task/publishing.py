@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -107,6 +108,10 @@ class Publishing(TaskBase):
         if app.conf.task_always_eager:
             return publish(producer=producer)
         settings = self.reliable_settings()
+        # PENDING happened before the message went out: a worker may record RECEIVED
+        # before this call returns, so stamp it now and record it after (the store
+        # orders by these times, whoever's flush comes first).
+        published_at = time.time()
         answer = self._before_publish(
             settings, task_id, key, fingerprint, args, kwargs,
             lambda: {**options, "headers": headers, "link": link, "link_error": link_error,
@@ -124,11 +129,12 @@ class Publishing(TaskBase):
                 except _AlreadyPublished as existing:
                     recorder(app).transitions(
                         task_id, self.name, key, (State.PENDING, State.DEDUPLICATED),
-                        detail={"existing_task": existing.task_id})
+                        detail={"existing_task": existing.task_id}, at=published_at)
                     return self.AsyncResult(existing.task_id)
         if not internal:
             attempt = int(options.get("retries") or 0) + 1
-            recorder(app).transition(task_id, self.name, key, State.PENDING, attempt=attempt)
+            recorder(app).transition(task_id, self.name, key, State.PENDING, attempt=attempt,
+                                     at=published_at)
         return result
 
     def _before_publish(

@@ -234,6 +234,7 @@ class Rescuer:
             )
             return
         options.pop("countdown", None)
+        rescued_at = time.time()  # before the copy goes out: its RECEIVED comes after
         try:
             self.runtime.app.send_task(
                 record.name, args, kwargs, task_id=record.task_id, add_to_parent=False,
@@ -250,7 +251,7 @@ class Rescuer:
             record.task_id, record.name, record.key, State.RESCUED,
             attempt=int(options.get("retries") or 0) + 1,
             detail={"why": "worker_died" if record.state == "running" else "never_received",
-                    "rescue": record.rescues + 1},
+                    "rescue": record.rescues + 1}, at=rescued_at,
         )
         send_task_event(self.runtime.app, "rescued", record.task_id, idempotency_key=record.key,
                         why=why, rescue=record.rescues + 1)

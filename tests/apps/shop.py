@@ -70,6 +70,7 @@ def build(env: Mapping[str, str]) -> Celery:
         reliable_breaker_cool_down=float(env.get("TEST_BREAKER_COOL_DOWN", "30")),
         reliable_record_all_tasks=env.get("TEST_RECORD_ALL", "0") == "1",
         reliable_state_store_url=env.get("TEST_STATE_STORE_URL") or None,
+        reliable_state_flush_interval=float(env.get("TEST_STATE_FLUSH_INTERVAL", "0.2")),
         reliable_dlq_queue=env.get("TEST_DLQ_QUEUE", "reliable.dlq"),
     )
     if env.get("TEST_VISIBILITY_TIMEOUT"):

@@ -8,7 +8,9 @@ from collections import deque
 import lupa
 import pytest
 
+from celery_reliable.states import Transition
 from celery_reliable.states.machine import (
+    ECHOES,
     INITIAL,
     LEGAL,
     NON_TERMINAL,
@@ -16,11 +18,11 @@ from celery_reliable.states.machine import (
     State,
     UnknownState,
     check,
-    fits,
     lua_table,
     parse,
     parse_many,
 )
+from celery_reliable.states.ordering import Settled, admit, in_order, settle
 
 S = State
 
@@ -111,11 +113,53 @@ def test_every_state_is_in_the_table_and_reachable_from_a_first_record() -> None
     assert reached == set(State)
 
 
-def test_a_late_transition_fits_only_between_legal_neighbours() -> None:
-    assert fits(None, S.PENDING, S.RECEIVED)
-    assert fits(S.STARTED, S.RETRY_SCHEDULED, S.RECEIVED)
-    assert not fits(S.PENDING, S.SUCCEEDED, S.RECEIVED)
-    assert not fits(None, S.STARTED, S.SUCCEEDED)
+def _steps(*steps: tuple[State, int, float]) -> list[Transition]:
+    return [Transition("t", "n", "k", state, attempt, at=at, id=f"{i:032x}")
+            for i, (state, attempt, at) in enumerate(steps)]
+
+
+def test_happened_order_is_generation_attempt_then_an_attempts_pending_then_time() -> None:
+    steps = _steps(
+        (S.RECEIVED, 1, 2.0), (S.PENDING, 1, 3.0),  # the producer's clock runs ahead
+        (S.RETRY_SCHEDULED, 1, 6.0), (S.RECEIVED, 2, 5.0),  # stamped after attempt 2 began
+        (S.STARTED, 1, 4.0), (S.FAILED, 2, 7.0), (S.DEAD_LETTERED, 2, 8.0),
+        (S.REPLAYED, 1, 9.0), (S.RECEIVED, 1, 10.0), (S.PENDING, 1, 11.0),
+        (S.SUCCEEDED, 1, 12.0), (S.PENDING, 1, 13.0),  # published again: by its time
+    )
+    assert [(t.state, t.attempt) for t in in_order(steps)] == [
+        (S.PENDING, 1), (S.RECEIVED, 1), (S.STARTED, 1), (S.RETRY_SCHEDULED, 1),
+        (S.RECEIVED, 2), (S.FAILED, 2), (S.DEAD_LETTERED, 2),
+        (S.REPLAYED, 1), (S.PENDING, 1), (S.RECEIVED, 1), (S.SUCCEEDED, 1), (S.PENDING, 1),
+    ]
+
+
+def test_settle_keeps_echoes_of_a_finished_task_and_flags_what_is_illegal() -> None:
+    done = [S.PENDING, S.RECEIVED, S.STARTED, S.SUCCEEDED]
+    echoes = [S.PENDING, S.RECEIVED, S.DEDUPLICATED, S.RECEIVED, S.DEDUPLICATED]
+    ordered = _steps(*((state, 1, float(i)) for i, state in enumerate(done + echoes)))
+    assert settle(ordered) == Settled(current=3, illegal=())
+    bad = _steps(*((state, 1, float(i)) for i, state in enumerate(
+        [S.RECEIVED, S.DEDUPLICATED, S.RECEIVED, S.STARTED, S.SUCCEEDED])))
+    assert settle(bad) == Settled(current=1, illegal=(3, 4))  # an echo that runs: a bug
+
+
+def test_admit_refuses_the_new_transition_that_breaks_a_recorded_one() -> None:
+    history = _steps((S.PENDING, 1, 1.0), (S.RECEIVED, 1, 2.0), (S.STARTED, 1, 3.0))
+    late = _steps((S.SUCCEEDED, 1, 1.5))
+    late[0].id = "f" * 32
+    admitted = admit(history, late)
+    assert admitted.accepted == []
+    assert [(r.previous, r.transition.state, r.following) for r in admitted.rejected] == [
+        (S.PENDING, S.SUCCEEDED, S.RECEIVED)]
+    assert admitted.current is history[2]
+
+
+def test_the_lua_echo_table_says_what_echoes_says() -> None:
+    lua = lupa.LuaRuntime()
+    echo = lua.execute(lua_table() + "return function(a, b) return ECHO[a][b] == true end")
+    for last in (None, S.PENDING, S.RECEIVED):
+        for new in State:
+            assert echo(last.value if last else "", new.value) == (new in ECHOES[last])
 
 
 def test_the_lua_table_says_what_check_says() -> None:

@@ -35,7 +35,7 @@ def states(
     state_store = state_store_on(store, retention=3600)
     yield state_store
     if isinstance(state_store, RedisStateStore):
-        keys = list(state_store.client.scan_iter(match=f"{{{prefix}:st:*"))
+        keys = list(state_store.client.scan_iter(match=f"{{{prefix}:st:*", count=10_000))
         if keys:
             state_store.client.delete(*keys)
     drop_tables(store)
@@ -172,16 +172,21 @@ def test_an_illegal_transition_is_rejected_and_not_written(states: StateStore) -
     result = states.record([
         tr(done, S.STARTED, now - 5),  # SUCCEEDED -> STARTED
         tr(dead, S.SUCCEEDED, now - 5),  # DEAD_LETTERED -> SUCCEEDED
-        tr(fresh, S.STARTED, now - 5),  # nothing recorded -> STARTED
+        # A PENDING opens its attempt, whatever its time: the STARTED before it in
+        # time is judged after it (PENDING -> STARTED), and so is the SUCCEEDED.
+        tr(fresh, S.STARTED, now - 5),
         tr(fresh, S.PENDING, now - 4),  # legal: written
-        tr(fresh, S.SUCCEEDED, now - 3),  # PENDING -> SUCCEEDED, judged after the PENDING
+        tr(fresh, S.SUCCEEDED, now - 3),
         tr(fresh, S.RECEIVED, now - 2),  # legal
     ])
     assert result.written == 2
     assert [(r.transition.task_id, r.previous, r.transition.state) for r in result.rejected] == [
         (done, S.SUCCEEDED, S.STARTED), (dead, S.DEAD_LETTERED, S.SUCCEEDED),
-        (fresh, None, S.STARTED), (fresh, S.PENDING, S.SUCCEEDED),
+        (fresh, S.PENDING, S.STARTED), (fresh, S.PENDING, S.SUCCEEDED),
     ]
+    nothing = tid()  # nothing recorded -> STARTED
+    assert [r.previous for r in states.record([tr(nothing, S.STARTED, now - 1)]).rejected] == [
+        None]
     assert [t.state for t in states.timeline(done)][-1] is S.SUCCEEDED
     assert len(states.timeline(dead)) == 5
     assert [t.state for t in states.timeline(fresh)] == [S.PENDING, S.RECEIVED]

@@ -3,15 +3,14 @@
 Contract of every backend (memory, Redis, SQL):
 
 * :meth:`StateStore.record` writes a batch atomically (one Lua script per
-  shard in one round trip; one SQL transaction).  Each transition is checked
-  against the lifecycle (:mod:`celery_reliable.states.machine`) using the
-  task's current state, *including* the transitions before it in the same
-  batch; an illegal one is returned as rejected and not written.  A
-  transition whose id is already recorded is skipped (batches are retried).
-* A *late* transition (earlier than the task's current state: another
-  process recorded it first but flushed after) goes into the history at its
-  own time if it fits between its recorded neighbours, and leaves the current
-  state alone.
+  shard in one round trip; one SQL transaction).  A transition whose id is
+  already recorded is skipped (batches are retried).
+* Transitions arrive in any order (several processes record one task); the
+  store keeps each task's history in happened-order and judges it whole, as
+  :mod:`celery_reliable.states.ordering` says: the current state is the last
+  one the task moved to in that order, and a transition illegal where it
+  falls is returned as rejected and not written.  A task's transitions in one
+  batch are judged together, so a late run of them fits in as a whole.
 * Reads never lock writers out; :meth:`prune` works in bounded batches.
 * Retention: a task's records are kept ``retention`` seconds after its last
   transition (Redis expires them itself; :meth:`prune` drops them everywhere).
@@ -22,8 +21,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Sequence
 
-from celery_reliable.states.machine import NON_TERMINAL, State, check, fits
-from celery_reliable.states.model import RecordResult, Rejection, Stats, TaskState, Transition
+from celery_reliable.states.machine import NON_TERMINAL, State
+from celery_reliable.states.model import RecordResult, Stats, TaskState, Transition
 from celery_reliable.stores.base import Store
 from celery_reliable.stores.model import Migration
 
@@ -114,41 +113,9 @@ def stuck_states(states: Collection[State] | None) -> list[State]:
     return sorted(wanted)
 
 
-class Admission:
-    """The validation every Python backend shares (the Lua script mirrors it).
-
-    Fed one transition at a time with what the backend knows of the task, it
-    says whether to write it; ``result()`` is the batch's :class:`RecordResult`.
-    """
-
-    def __init__(self) -> None:
-        self.written = 0
-        self.duplicates = 0
-        self.rejected: list[Rejection] = []
-
-    def in_order(self, t: Transition, current: TaskState | None) -> bool:
-        """``t`` follows the current state (or the task is new)."""
-        previous = current.state if current is not None else None
-        if check(previous, t.state):
-            self.written += 1
-            return True
-        self.rejected.append(Rejection(t, previous))
-        return False
-
-    def late(self, t: Transition, before: State | None, after: State | None) -> bool:
-        """``t`` is older than the current state: insert it between its neighbours."""
-        if fits(before, t.state, after):
-            self.written += 1
-            return True
-        self.rejected.append(Rejection(t, before, after))
-        return False
-
-    def duplicate(self) -> None:
-        self.duplicates += 1
-
-    def result(self) -> RecordResult:
-        return RecordResult(self.written, self.duplicates, tuple(self.rejected))
-
-
-def is_late(t: Transition, current: TaskState | None) -> bool:
-    return current is not None and t.at < current.since
+def by_task(transitions: Sequence[Transition]) -> dict[str, list[Transition]]:
+    """A batch's transitions per task, tasks and each one's transitions in batch order."""
+    out: dict[str, list[Transition]] = {}
+    for t in transitions:
+        out.setdefault(t.task_id, []).append(t)
+    return out

@@ -16,13 +16,15 @@ from celery_reliable.settings import STATE_RETENTION
 from celery_reliable.states.machine import State
 from celery_reliable.states.model import (
     RecordResult,
+    Rejection,
     Stats,
     TaskState,
     Transition,
     minute_of,
     stats_range,
 )
-from celery_reliable.states.stores.base import Admission, StateStore, is_late, stuck_states
+from celery_reliable.states.ordering import admit, appends, in_order, merge_timelines
+from celery_reliable.states.stores.base import StateStore, by_task, stuck_states
 from celery_reliable.stores.base import Store
 
 
@@ -46,32 +48,37 @@ class MemoryStateStore(StateStore):
         return cls(store.url, retention=retention)
 
     def record(self, transitions: Sequence[Transition]) -> RecordResult:
-        admission = Admission()
+        written = duplicates = 0
+        rejected: list[Rejection] = []
         with self._lock:
-            for t in transitions:
-                if t.id in self._ids:
-                    admission.duplicate()
+            for task_id, new in by_task(transitions).items():
+                fresh: list[Transition] = []
+                for t in new:
+                    if t.id in self._ids or any(f.id == t.id for f in fresh):
+                        duplicates += 1
+                    else:
+                        fresh.append(t)
+                if not fresh:
                     continue
-                current = self._current.get(t.task_id)
-                history = self._history.setdefault(t.task_id, [])
-                if is_late(t, current):
-                    where = bisect.bisect_left(history, (t.at, t.id), key=_order)
-                    before = history[where - 1].state if where else None
-                    after = history[where].state if where < len(history) else None
-                    if not admission.late(t, before, after):
-                        continue
-                elif admission.in_order(t, current):
-                    self._current[t.task_id] = TaskState.of(t)
-                else:
-                    continue
-                bisect.insort(history, t, key=_order)
-                self._ids.add(t.id)
-                self._by_key.setdefault(t.key, set()).add(t.task_id)
-                self._counts[(minute_of(t.at), t.name, t.state)] += 1
-            for task_id in {t.task_id for t in transitions}:
-                if not self._history.get(task_id):
-                    self._history.pop(task_id, None)
-        return admission.result()
+                history = self._history.setdefault(task_id, [])
+                current = self._current.get(task_id)
+                last: Transition | None = fresh[-1]
+                accepted = fresh
+                if not appends(current, fresh):
+                    admitted = admit(history, fresh)
+                    accepted, last = admitted.accepted, admitted.current
+                    rejected.extend(admitted.rejected)
+                if last is not None:
+                    self._current[task_id] = TaskState.of(last)
+                for t in accepted:
+                    bisect.insort(history, t, key=_order)
+                    self._ids.add(t.id)
+                    self._by_key.setdefault(t.key, set()).add(task_id)
+                    self._counts[(minute_of(t.at), t.name, t.state)] += 1
+                written += len(accepted)
+                if not history:
+                    del self._history[task_id]
+        return RecordResult(written, duplicates, tuple(rejected))
 
     def current(self, task_id: str) -> TaskState | None:
         with self._lock:
@@ -79,13 +86,13 @@ class MemoryStateStore(StateStore):
 
     def timeline(self, task_id: str) -> list[Transition]:
         with self._lock:
-            return list(self._history.get(task_id, ()))
+            return in_order(self._history.get(task_id, ()))
 
     def timeline_by_key(self, key: str) -> list[Transition]:
         with self._lock:
-            merged = [t for task_id in self._by_key.get(key, ())
-                      for t in self._history.get(task_id, ())]
-        return sorted(merged, key=_order)
+            histories = [in_order(self._history.get(task_id, ()))
+                         for task_id in sorted(self._by_key.get(key, ()))]
+        return merge_timelines(histories)
 
     def stuck(
         self, older_than_seconds: float, states: Collection[State] | None = None,

@@ -1,5 +1,10 @@
 """Redis state store: Lua scripts of about 25 transitions, one round trip each.
 
+The record script applies the rules of :mod:`celery_reliable.states.ordering`:
+a task's new transitions that simply follow its current state are appended
+(the usual case: no read of its history); any other (late, out of order, after
+a terminal state) are fitted into the whole history, read in the same script.
+
 Layout, for prefix ``reliable`` and shard ``S`` (crc32 of the task id modulo
 ``reliable_redis_shards``); times are microseconds, so scores are exact::
 
@@ -46,7 +51,8 @@ from celery_reliable.states.model import (
     minute_of,
     stats_range,
 )
-from celery_reliable.states.stores.base import SharedStoreStateStore, stuck_states
+from celery_reliable.states.ordering import in_order, merge_timelines
+from celery_reliable.states.stores.base import SharedStoreStateStore, by_task, stuck_states
 from celery_reliable.stores.base import Store
 from celery_reliable.stores.redis import RedisStore
 from celery_reliable.stores.redis_base import guarded
@@ -146,7 +152,7 @@ class RedisStateStore(SharedStoreStateStore):
 
     @guarded
     def timeline(self, task_id: str) -> list[Transition]:
-        return self._timelines([task_id])
+        return in_order(self._timelines([task_id]))
 
     @guarded
     def timeline_by_key(self, key: str) -> list[Transition]:
@@ -154,7 +160,8 @@ class RedisStateStore(SharedStoreStateStore):
         for tag in self.tags:
             pipe.zrange(f"{tag}k:{key}", 0, -1)
         task_ids = sorted({task_id for ids in pipe.execute() for task_id in ids})
-        return sorted(self._timelines(task_ids), key=lambda t: (t.at, t.id))
+        found = by_task(self._timelines(task_ids))
+        return merge_timelines(in_order(found.get(task_id, ())) for task_id in task_ids)
 
     def _timelines(self, task_ids: Sequence[str]) -> list[Transition]:
         """The histories of tasks, each in order; name, key and first worker come from

@@ -7,7 +7,9 @@ step 3 of :mod:`celery_reliable.stores.migrations`).
 
 ``record()`` is one transaction: it locks the current rows of the batch's
 tasks (in task id order, so two batches cannot deadlock on them), decides in
-Python with the same :class:`Admission` as the memory store, then appends the
+Python with the same rules as the memory store
+(:mod:`celery_reliable.states.ordering`; a task's history is read only when its
+new transitions do not simply follow its current state), then appends the
 history rows, writes the current rows and adds to the per-minute counts.
 Two processes recording the first transition of one task at once both
 INSERT its current row: the loser starts over and, this time, locks it.
@@ -35,6 +37,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from celery_reliable.states.machine import State
 from celery_reliable.states.model import (
     RecordResult,
+    Rejection,
     Stats,
     TaskState,
     Transition,
@@ -42,12 +45,8 @@ from celery_reliable.states.model import (
     minute_of,
     stats_range,
 )
-from celery_reliable.states.stores.base import (
-    Admission,
-    SharedStoreStateStore,
-    is_late,
-    stuck_states,
-)
+from celery_reliable.states.ordering import admit, appends, in_order, merge_timelines
+from celery_reliable.states.stores.base import SharedStoreStateStore, by_task, stuck_states
 from celery_reliable.stores.base import Store
 from celery_reliable.stores.sql import SQLStore
 
@@ -87,47 +86,44 @@ class SQLStateStore(SharedStoreStateStore):
         stored = {row["task_id"]: _task_state(row)
                   for row in conn.execute(locked.with_for_update()).mappings()}
         current = dict(stored)
-        admission = Admission()
+        duplicates = 0
+        fresh: dict[str, list[Transition]] = {}
+        for task_id, new in by_task(transitions).items():
+            for t in new:
+                if t.id in known:
+                    duplicates += 1
+                else:
+                    known.add(t.id)
+                    fresh.setdefault(task_id, []).append(t)
+        slow = {task_id for task_id, new in fresh.items()
+                if not appends(current.get(task_id), new)}
+        histories = self._histories(conn, sorted(slow))
         accepted: list[Transition] = []
-        for t in transitions:
-            if t.id in known:
-                admission.duplicate()
-                continue
-            now = current.get(t.task_id)
-            if is_late(t, now):
-                before, after = self._neighbours(conn, t, accepted)
-                if not admission.late(t, before, after):
-                    continue
-            elif admission.in_order(t, now):
-                current[t.task_id] = TaskState.of(t)
-            else:
-                continue
-            known.add(t.id)
-            accepted.append(t)
+        rejected: list[Rejection] = []
+        for task_id, new in fresh.items():
+            last: Transition | None = new[-1]
+            if task_id in slow:
+                admitted = admit(histories[task_id], new)
+                new, last = admitted.accepted, admitted.current
+                rejected.extend(admitted.rejected)
+            if last is not None:
+                current[task_id] = TaskState.of(last)
+            accepted.extend(new)
         if accepted:
             conn.execute(insert(h), [_history_row(t) for t in accepted])
             self._write_current(conn, stored, current)
             self._count(conn, accepted)
-        return admission.result()
+        return RecordResult(len(accepted), duplicates, tuple(rejected))
 
-    def _neighbours(
-        self, conn: Connection, t: Transition, accepted: Sequence[Transition]
-    ) -> tuple[State | None, State | None]:
-        """The states recorded just before and just after ``t``'s time (this batch included)."""
-        h = self.history
-        task = h.c.task_id == t.task_id
-        rows: list[tuple[float, str]] = [
-            (row.at, row.state) for row in (
-                conn.execute(select(h.c.at, h.c.state).where(task, h.c.at < t.at)
-                             .order_by(h.c.at.desc()).limit(1)).first(),
-                conn.execute(select(h.c.at, h.c.state).where(task, h.c.at > t.at)
-                             .order_by(h.c.at).limit(1)).first(),
-            ) if row is not None
-        ]
-        rows += [(a.at, a.state.value) for a in accepted if a.task_id == t.task_id]
-        before = max((r for r in rows if r[0] < t.at), default=None)
-        after = min((r for r in rows if r[0] > t.at), default=None)
-        return (State(before[1]) if before else None, State(after[1]) if after else None)
+    def _histories(self, conn: Connection, task_ids: Sequence[str]) -> dict[str, list[Transition]]:
+        """The recorded transitions of tasks (their current rows are locked), any order."""
+        out: dict[str, list[Transition]] = {task_id: [] for task_id in task_ids}
+        if task_ids:
+            h = self.history
+            query = select(h).where(self.store.among(h.c.task_id, list(task_ids)))
+            for row in conn.execute(query).mappings():
+                out[row["task_id"]].append(_transition(row))
+        return out
 
     def _write_current(
         self, conn: Connection, stored: dict[str, TaskState], current: dict[str, TaskState]
@@ -185,15 +181,16 @@ class SQLStateStore(SharedStoreStateStore):
 
     def timeline(self, task_id: str) -> list[Transition]:
         h = self.history
-        return self._transitions(h.c.task_id == task_id)
+        return in_order(self._transitions(h.c.task_id == task_id))
 
     def timeline_by_key(self, key: str) -> list[Transition]:
         s, h = self.states, self.history
-        return self._transitions(h.c.task_id.in_(select(s.c.task_id).where(s.c.key == key)))
+        found = self._transitions(h.c.task_id.in_(select(s.c.task_id).where(s.c.key == key)))
+        return merge_timelines(in_order(ts) for ts in by_task(found).values())
 
     def _transitions(self, where: Any) -> list[Transition]:
         h = self.history
-        query = select(h).where(where).order_by(h.c.at, h.c.id)
+        query = select(h).where(where).order_by(h.c.task_id, h.c.at, h.c.id)
         rows = self.store._read(lambda conn: conn.execute(query).mappings().all())
         return [_transition(row) for row in rows]
 
