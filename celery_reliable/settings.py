@@ -331,6 +331,14 @@ class Settings:
         _text,
         per_task=True,
     )
+    dlq_publish_eager: bool = setting(
+        False,
+        "Publish the dead letters of eager runs (task.apply(), task_always_eager) to the DLQ "
+        "queue too. Off: they are indexed in the store only (worker '(eager)', which "
+        "reliable-dlq reconcile leaves alone) and their error is raised to the caller, so "
+        "tests never put dead letters on a real broker.",
+        _bool,
+    )
     dlq_traceback_max: int = setting(
         8192,
         "Characters of a traceback kept in a dead letter (the end of it: where it failed).",

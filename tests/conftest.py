@@ -25,6 +25,9 @@ def app() -> Iterator[Celery]:
     app.conf.reliable_store_url = "memory://"
     app.conf.reliable_dlq_queue = f"dlq-{name}"
     app.conf.task_default_queue = f"work-{name}"
+    # The broker is kombu's memory transport: eager dead letters may go to its DLQ
+    # queue, where the DLQ tests read them (the default keeps them off the broker).
+    app.conf.reliable_dlq_publish_eager = True
     yield app
     reset(app)
 

@@ -43,6 +43,12 @@ from celery_reliable.stores.model import Failure, TaskRecord, record_queue
 logger = logging.getLogger("celery_reliable.dlq")
 
 
+#: the ``worker`` of a dead letter made by an eager run (``task.apply()``,
+#: ``task_always_eager``): no worker, and, unless ``reliable_dlq_publish_eager``,
+#: no DLQ message either, so ``reconcile`` leaves the entry in the index only
+EAGER = "(eager)"
+
+
 def settings_for(app: Celery, name: str) -> Settings:
     """The settings of task ``name`` (its per-task dlq_queue/dlq_enabled), else the app's."""
     from celery_reliable.task import ReliableTask
@@ -51,6 +57,12 @@ def settings_for(app: Celery, name: str) -> Settings:
     if isinstance(task, ReliableTask):
         return task.reliable_settings()
     return runtime(app).settings
+
+
+def publishes(settings: Settings, failure: Failure) -> bool:
+    """Whether a dead letter goes to the DLQ queue: ``dlq_enabled``, and for an eager
+    run's only with ``dlq_publish_eager``."""
+    return settings.dlq_enabled and (failure.worker != EAGER or settings.dlq_publish_eager)
 
 
 def failure_of(
@@ -80,6 +92,8 @@ def dead_letter(
     ``require_publish`` (nothing is indexed then), and the store's errors.
     Without ``require_publish`` a failed publish is logged and counted and the
     entry is indexed anyway (``reconcile`` publishes it later from the index).
+    An eager dead letter (``failure.worker`` is :data:`EAGER`) is indexed only,
+    unless ``reliable_dlq_publish_eager``.
     """
     settings = settings_for(app, record.name)
     rt = runtime(app)
@@ -87,7 +101,7 @@ def dead_letter(
     message = build(dead, failure, settings.dlq_traceback_max,
                     exchange=str((delivery_info or {}).get("exchange") or ""),
                     routing_key=str((delivery_info or {}).get("routing_key") or ""))
-    queue: str | None = settings.dlq_queue if settings.dlq_enabled else None
+    queue: str | None = settings.dlq_queue if publishes(settings, failure) else None
     if queue is not None:
         try:
             publisher(app).publish(queue, message)

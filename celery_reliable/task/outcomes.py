@@ -58,7 +58,8 @@ class Outcomes(TaskBase):
         error = f"{type(exc).__name__}: {exc}" if exc is not None else None
         record = self._dead_record(key)
         failure = routing.failure_of(
-            exc, attempts=(request.retries or 0) + 1, worker=request.hostname,
+            exc, attempts=(request.retries or 0) + 1,
+            worker=routing.EAGER if request.is_eager else request.hostname,
             queue=routing.queue_of(self._get_app(), record, request.delivery_info),
         )
         try:
