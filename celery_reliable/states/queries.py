@@ -18,8 +18,8 @@ from celery_reliable.states.runtime import state_store
 
 
 def timeline(app: Celery, task_id: str | None = None, key: str | None = None) -> list[Transition]:
-    """A task's transitions (or every task's of an idempotency key), oldest first;
-    empty when nothing is recorded."""
+    """A task's transitions (or every task's of an idempotency key) in the order they
+    happened (attempt by attempt, by time within one); empty when nothing is recorded."""
     if (task_id is None) == (key is None):
         raise ConfigurationError("timeline needs a task id or an idempotency key (not both)")
     store = state_store(app)

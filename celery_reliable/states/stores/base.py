@@ -45,11 +45,13 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def timeline(self, task_id: str) -> list[Transition]:
-        """The task's transitions, oldest first (empty when unknown or pruned)."""
+        """The task's transitions in happened-order (:mod:`celery_reliable.states.ordering`:
+        attempt by attempt, by time within one), empty when unknown or pruned."""
 
     @abc.abstractmethod
     def timeline_by_key(self, key: str) -> list[Transition]:
-        """Every recorded task of an idempotency key, their transitions merged by time."""
+        """Every recorded task of an idempotency key: each task's transitions in
+        happened-order, the tasks' interleaved by time."""
 
     @abc.abstractmethod
     def stuck(
