@@ -20,6 +20,7 @@ from celery_reliable.errors import ConfigurationError
 from celery_reliable.retry.breaker import Breakers
 from celery_reliable.retry.budget import BudgetMeter
 from celery_reliable.settings import Settings, from_conf
+from celery_reliable.spelling import Spelling
 from celery_reliable.stores import Store, open_store
 from celery_reliable.worker.claim_ahead import ClaimAhead
 from celery_reliable.worker.heartbeat import Heartbeat
@@ -37,7 +38,9 @@ class Runtime:
     def __init__(self, app: Celery) -> None:
         self.app = app
         self.pid = os.getpid()
-        self.settings: Settings = from_conf(app.conf)
+        #: how this app's configuration spells our settings (for error messages)
+        self.spelling = Spelling.of_namespace(app.namespace)
+        self.settings: Settings = from_conf(app.conf, namespace=app.namespace)
         self.counters: collections.Counter[str] = collections.Counter()
         self._store: Store | None = None
         self._heartbeat: Heartbeat | None = None
@@ -55,9 +58,7 @@ class Runtime:
                     url = self.settings.store_url
                     if url is None:
                         raise ConfigurationError(
-                            "reliable_store_url is not set; set it on the app, e.g. "
-                            "app.conf.reliable_store_url = 'redis://127.0.0.1:6379/1' "
-                            "or 'sqlite:///reliable.db'"
+                            self.spelling.missing("store_url", "redis://127.0.0.1:6379/1")
                         )
                     self._store = open_store(
                         url, prefix=self.settings.key_prefix, shards=self.settings.redis_shards

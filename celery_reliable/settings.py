@@ -21,10 +21,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery_reliable.errors import ConfigurationError
-
-PREFIX = "reliable_"
+from celery_reliable.spelling import PREFIX, Spelling
 
 Check = Callable[[str, Any], Any]
+"""``check(name, value)``: the value converted, or an error naming ``name`` (the setting
+as the user wrote it)."""
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -34,7 +35,7 @@ def _bool(name: str, value: Any) -> bool:
         return True
     if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
         return False
-    raise ConfigurationError(f"{PREFIX}{name} must be a boolean (true/false), got {value!r}")
+    raise ConfigurationError(f"{name} must be a boolean (true/false), got {value!r}")
 
 
 def _number(minimum: float, integer: bool = False) -> Check:
@@ -43,9 +44,9 @@ def _number(minimum: float, integer: bool = False) -> Check:
             number = int(value) if integer else float(value)
         except (TypeError, ValueError):
             kind = "an integer" if integer else "a number of seconds"
-            raise ConfigurationError(f"{PREFIX}{name} must be {kind}, got {value!r}") from None
+            raise ConfigurationError(f"{name} must be {kind}, got {value!r}") from None
         if isinstance(value, bool) or math.isnan(number) or number < minimum:
-            raise ConfigurationError(f"{PREFIX}{name} must be >= {minimum}, got {value!r}")
+            raise ConfigurationError(f"{name} must be >= {minimum}, got {value!r}")
         return number
 
     return check
@@ -55,7 +56,7 @@ def _choice(*allowed: str) -> Check:
     def check(name: str, value: Any) -> str:
         if value not in allowed:
             raise ConfigurationError(
-                f"{PREFIX}{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+                f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
             )
         return str(value)
 
@@ -70,7 +71,7 @@ def _store_url(name: str, value: Any) -> str | None:
     scheme = urlsplit(str(value)).scheme.split("+")[0]
     if scheme not in known_schemes():
         raise ConfigurationError(
-            f"{PREFIX}{name}={value!r} has an unknown scheme {scheme!r}; "
+            f"{name}={value!r} has an unknown scheme {scheme!r}; "
             f"use one of: {', '.join(sorted(known_schemes()))} "
             "(e.g. redis://127.0.0.1:6379/1 or sqlite:///reliable.db)"
         )
@@ -80,7 +81,7 @@ def _store_url(name: str, value: Any) -> str | None:
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value or any(c in value for c in " {}\n"):
         raise ConfigurationError(
-            f"{PREFIX}{name} must be a non-empty string without spaces or braces, got {value!r}"
+            f"{name} must be a non-empty string without spaces or braces, got {value!r}"
         )
     return value
 
@@ -146,8 +147,10 @@ class Settings:
     )
     on_store_down_at_publish: str = setting(
         "raise",
-        "'raise': a publish fails with StoreUnavailable so the caller's transaction can roll "
-        "back; 'publish': publish unrecorded, log and count it.",
+        "'raise': a publish fails with StoreUnavailable naming the task, its id and key: "
+        "inside the caller's transaction it rolls it back; after a commit (Django's "
+        "on_commit) the call is lost unless made again (docs/frameworks.md). 'publish': "
+        "publish unrecorded (no rescue if the broker loses it), log and count it.",
         _choice("raise", "publish"),
     )
     store_down_retry_delay: float = setting(
@@ -388,48 +391,56 @@ def per_task_names() -> frozenset[str]:
     return frozenset(f.name for f in fields(Settings) if f.metadata["per_task"])
 
 
-def _validated(values: Mapping[str, Any], per_task_only: bool = False) -> dict[str, Any]:
+def _validated(
+    values: Mapping[str, Any], per_task_only: bool = False,
+    written: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """``values`` (by field name) checked; ``written``: the configuration key each came
+    from, as the user wrote it, for the errors (else ``reliable_<name>``)."""
     known = {f.name: f for f in fields(Settings)}
     out: dict[str, Any] = {}
     for name, value in values.items():
+        shown = (written or {}).get(name) or PREFIX + name
         f = known.get(name)
         if f is None or (per_task_only and not f.metadata["per_task"]):
-            raise ConfigurationError(f"unknown setting {PREFIX}{name}{_suggest(name, known)}")
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f"; did you mean {Spelling.of_key(shown, name)(close[0])}?" if close else ""
+            raise ConfigurationError(f"unknown setting {shown}{hint}")
         nullable = value is None and f.default is None
-        out[name] = value if nullable else f.metadata["check"](name, value)
+        out[name] = value if nullable else f.metadata["check"](shown, value)
     return out
 
 
-def _suggest(name: str, known: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {PREFIX}{close[0]}?" if close else ""
-
-
-def from_conf(conf: Mapping[str, Any]) -> Settings:
+def from_conf(conf: Mapping[str, Any], namespace: str | None = None) -> Settings:
     """Validate every ``reliable_*`` key of a Celery configuration mapping.
 
-    Raises :class:`ConfigurationError` naming the first bad setting.
+    Raises :class:`ConfigurationError` naming the first bad setting as the user
+    wrote it (``namespace``: the app's Celery namespace, which spells the names of
+    settings the configuration does not have; see :mod:`celery_reliable.spelling`).
     """
-    values = {}
+    values: dict[str, Any] = {}
+    written: dict[str, str] = {}
     for key in list(conf.keys()):
         lowered = str(key).lower()
         for prefix in (PREFIX, "celery_" + PREFIX):
             if lowered.startswith(prefix):
                 values[lowered[len(prefix):]] = conf[key]
-    settings = Settings(**_validated(values))
-    _check_consistency(settings)
+                written[lowered[len(prefix):]] = str(key)
+    settings = Settings(**_validated(values, written=written))
+    default = Spelling.of_namespace(namespace)
+    _check_consistency(settings, lambda name: written.get(name) or default(name))
     return settings
 
 
-def _check_consistency(s: Settings) -> None:
+def _check_consistency(s: Settings, shown: Callable[[str], str]) -> None:
     if s.default_soft_time_limit >= s.default_time_limit:
         raise ConfigurationError(
-            f"{PREFIX}default_soft_time_limit ({s.default_soft_time_limit}) must be below "
-            f"{PREFIX}default_time_limit ({s.default_time_limit}), so the body can clean up"
+            f"{shown('default_soft_time_limit')} ({s.default_soft_time_limit}) must be below "
+            f"{shown('default_time_limit')} ({s.default_time_limit}), so the body can clean up"
         )
     if s.rescue_backoff_cap < s.rescue_after:
         raise ConfigurationError(
-            f"{PREFIX}rescue_backoff_cap ({s.rescue_backoff_cap}) is below "
-            f"{PREFIX}rescue_after ({s.rescue_after}); raise the cap or lower rescue_after"
+            f"{shown('rescue_backoff_cap')} ({s.rescue_backoff_cap}) is below "
+            f"{shown('rescue_after')} ({s.rescue_after}); raise the cap or lower "
+            f"{shown('rescue_after')}"
         )
-

@@ -28,6 +28,7 @@ class AppStates:
         from celery_reliable.runtime import runtime
 
         self.settings = config.from_settings(runtime(app).settings)
+        self.spelling = runtime(app).spelling
         self._store: StateStore | None = None
         self._lock = threading.Lock()
         s = self.settings
@@ -42,10 +43,10 @@ class AppStates:
                 if self._store is None:
                     s = self.settings
                     if s.store_url is None:
+                        spell = self.spelling
                         raise ConfigurationError(
-                            "neither reliable_state_store_url nor reliable_store_url is set; "
-                            "set one, e.g. app.conf.reliable_store_url = "
-                            "'redis://127.0.0.1:6379/1'"
+                            f"neither {spell('state_store_url')} nor {spell('store_url')} is "
+                            f"set; {spell.where('store_url', 'redis://127.0.0.1:6379/1')}"
                         )
                     self._store = open_state_store(
                         s.store_url, prefix=s.key_prefix, shards=s.redis_shards,

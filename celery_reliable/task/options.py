@@ -17,7 +17,8 @@ import difflib
 from celery import Task
 
 from celery_reliable.errors import ConfigurationError
-from celery_reliable.settings import PREFIX, Settings, per_task_names
+from celery_reliable.settings import Settings, per_task_names
+from celery_reliable.spelling import PREFIX
 
 #: options a task class carries besides the per-task settings
 _CLASS_OPTIONS = frozenset({

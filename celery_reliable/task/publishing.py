@@ -175,7 +175,7 @@ class Publishing(TaskBase):
                 self.reliable.count("published_unrecorded")
                 logger.error("publishing %s[%s] unrecorded: %s", self.name, task_id, exc)
                 return
-            raise
+            raise self._not_published(task_id, key, exc) from exc
         if outcome.status is PublishStatus.NEW:
             return
         if outcome.status is PublishStatus.CONFLICT and settings.on_key_conflict == "error":
@@ -190,3 +190,20 @@ class Publishing(TaskBase):
             self.name, key, outcome.status.value.replace("_", " "), outcome.task_id,
         )
         raise _AlreadyPublished(outcome.task_id)
+
+    def _not_published(self, task_id: str, key: str, exc: StoreUnavailable) -> StoreUnavailable:
+        """The error of a publish refused because the store is down: what was lost and
+        what to do.  Inside the caller's transaction it rolls the transaction back; in
+        a callback run after the commit (Django's ``transaction.on_commit``) the call
+        is gone unless the caller makes it again."""
+        self.reliable.count("publish_refused_store_down")
+        spelling = self.reliable.spelling
+        error = StoreUnavailable(
+            f"{self.name}[{task_id}] with key {key!r} was neither published nor recorded: "
+            f"{exc}. Inside a transaction, let this error roll it back; after a commit "
+            "(transaction.on_commit) the task is lost unless you call it again when the "
+            f"store is back, or set {spelling('on_store_down_at_publish')} = 'publish' to "
+            "publish it unrecorded (no rescue if the broker loses it)"
+        )
+        logger.error("%s", error)
+        return error

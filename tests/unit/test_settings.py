@@ -75,3 +75,67 @@ def test_per_task_overrides_are_validated() -> None:
 def test_every_row_is_documented() -> None:
     for name, _default, doc, _per_task in rows():
         assert name.startswith("reliable_") and len(doc) > 20
+
+
+def django_app(**settings: object) -> Celery:
+    """An app configured as Django's docs do: a settings module read with namespace
+    ``CELERY`` (a module object stands for ``django.conf:settings``)."""
+    import types
+
+    module = types.ModuleType("proj.settings")
+    module.CELERY_BROKER_URL = "memory://"  # type: ignore[attr-defined]
+    for name, value in settings.items():
+        setattr(module, name, value)
+    app = Celery("proj", set_as_current=False)
+    app.config_from_object(module, namespace="CELERY")
+    return app
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"CELERY_RELIABLE_LEASE_SECOND": 10},
+     "unknown setting CELERY_RELIABLE_LEASE_SECOND; did you mean CELERY_RELIABLE_LEASE_SECONDS?"),
+    ({"CELERY_RELIABLE_LEASE_SECONDS": "soon"},
+     "CELERY_RELIABLE_LEASE_SECONDS must be a number of seconds, got 'soon'"),
+    ({"CELERY_RELIABLE_RESCUE_AFTER": 7200},
+     "CELERY_RELIABLE_RESCUE_BACKOFF_CAP (3600.0) is below CELERY_RELIABLE_RESCUE_AFTER"),
+])
+def test_a_django_settings_error_names_the_setting_as_written(
+    settings: dict[str, object], expected: str
+) -> None:
+    app = django_app(**settings)
+    try:
+        with pytest.raises(ConfigurationError) as error:
+            runtime(app)
+        assert expected in str(error.value)
+        assert "reliable_" not in str(error.value)  # no name the user did not write
+    finally:
+        reset(app)
+
+
+def test_a_missing_store_url_in_a_django_app_names_the_django_setting() -> None:
+    from celery_reliable.states import state_store
+
+    app = django_app()
+    try:
+        with pytest.raises(ConfigurationError) as error:
+            _ = runtime(app).store
+        message = str(error.value)
+        assert message.startswith("CELERY_RELIABLE_STORE_URL is not set; add "
+                                  "CELERY_RELIABLE_STORE_URL = 'redis://")
+        assert "namespace='CELERY'" in message and "app.conf" not in message
+        with pytest.raises(ConfigurationError, match="neither CELERY_RELIABLE_STATE_STORE_URL "
+                                                     "nor CELERY_RELIABLE_STORE_URL is set"):
+            state_store(app)
+    finally:
+        reset(app)
+
+
+def test_a_plain_app_is_told_the_app_conf_names() -> None:
+    app = Celery("plain", broker="memory://", set_as_current=False)
+    try:
+        with pytest.raises(ConfigurationError,
+                           match=r"reliable_store_url is not set; set it on the app, e\.g\. "
+                                 r"app\.conf\.reliable_store_url = "):
+            _ = runtime(app).store
+    finally:
+        reset(app)
