@@ -10,12 +10,23 @@ looking unfinished.  Times are explicit (in the past): nothing sleeps.
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from collections.abc import Sequence
 
 import pytest
 
-from celery_reliable.states import State, StateStore, Transition
+from celery_reliable.states import (
+    INITIAL,
+    LEGAL,
+    TERMINAL,
+    RecordResult,
+    State,
+    StateStore,
+    Transition,
+)
+from celery_reliable.states.machine import ECHOES
+from celery_reliable.states.stores.memory import MemoryStateStore
 from tests.unit.test_states_store import states, tid, tr  # noqa: F401 - the fixture
 
 S = State
@@ -186,3 +197,72 @@ def test_an_illegal_sequence_is_still_refused_whatever_the_order(
     for task, state in ((done, S.SUCCEEDED), (dup, S.DEDUPLICATED), (running, S.STARTED)):
         current = states.current(task)
         assert current is not None and current.state is state
+
+
+#: The way most tasks go, taken more often than the other ways out.
+_MAIN_PATH = {None: [S.PENDING], S.PENDING: [S.RECEIVED], S.RECEIVED: [S.STARTED],
+              S.STARTED: [S.RETRY_SCHEDULED, S.SUCCEEDED], S.RETRY_SCHEDULED: [S.RECEIVED]}
+
+
+def _random_history(rng: random.Random, task: str, at: float) -> list[Transition]:
+    """A walk through the lifecycle (echoes after a terminal state, replays, retries that
+    stamp RETRY_SCHEDULED late), with now and then a transition that is illegal anywhere
+    near where it falls; distinct microsecond times."""
+    steps: list[Transition] = []
+    state: State | None = None
+    attempt, t = 1, at
+    for _ in range(rng.randint(1, 14)):
+        if state in TERMINAL and rng.random() < 0.5:
+            choices = sorted(ECHOES[None]) + sorted(LEGAL[state])
+        else:
+            choices = sorted(INITIAL if state is None else LEGAL[state])
+        if not choices:
+            break
+        new = rng.choice(choices) if rng.random() > 0.1 else rng.choice(list(State))
+        if state in _MAIN_PATH and rng.random() < 0.6:
+            new = rng.choice(_MAIN_PATH[state])
+        if new is S.REPLAYED:
+            attempt = 1
+        elif new is S.RECEIVED and state is S.RETRY_SCHEDULED:
+            attempt += 1
+        t += rng.randint(1, 5) / 1000
+        stamp = t + (0.02 if new is S.RETRY_SCHEDULED and rng.random() < 0.5 else 0)
+        steps.append(tr(task, new, stamp, attempt, worker=rng.choice(["A", "B", None])))
+        if new in LEGAL.get(state, INITIAL) if state else new in INITIAL:
+            state = new
+    return steps
+
+
+def test_every_backend_judges_any_arrival_order_as_the_memory_store_does(
+    states: StateStore,  # noqa: F811
+) -> None:
+    """Random histories cut into random flushes, sent in a random order: each backend
+    (the Redis script in Lua, SQL in Python) writes, refuses and orders exactly as the
+    reference does."""
+    if isinstance(states, MemoryStateStore):
+        pytest.skip("the reference itself")
+    reference = MemoryStateStore()
+    rng = random.Random(28)
+    at = time.time() - 3000
+    for n in range(80):
+        task = tid()
+        steps = _random_history(rng, task, at + n * 10)
+        cuts = sorted(rng.sample(range(1, len(steps)), min(len(steps) - 1, rng.randint(0, 3))))
+        flushes = [steps[a:b] for a, b in itertools.pairwise([0, *cuts, len(steps)])]
+        rng.shuffle(flushes)
+        for flush in flushes:
+            want, got = reference.record(flush), states.record(flush)
+            assert _verdicts(got) == _verdicts(want), (n, [t.state for t in steps])
+            assert (got.written, got.duplicates) == (want.written, want.duplicates), n
+        assert _history(states.timeline(task)) == _history(reference.timeline(task)), n
+        want_now, got_now = reference.current(task), states.current(task)
+        assert (got_now and (got_now.state, got_now.attempt)) == (
+            want_now and (want_now.state, want_now.attempt)), n
+
+
+def _verdicts(result: RecordResult) -> list[tuple[str, State | None, State | None]]:
+    return [(r.transition.id, r.previous, r.following) for r in result.rejected]
+
+
+def _history(timeline: list[Transition]) -> list[tuple[State, int, int]]:
+    return [(t.state, t.attempt, round(t.at * 1e6)) for t in timeline]
