@@ -18,6 +18,7 @@ from celery_reliable.errors import (
     TaskLostTooOften,
     UnpersistableTask,
 )
+from celery_reliable.keys import ARGUMENTS
 from celery_reliable.runtime import runtime
 from celery_reliable.task import ReliableTask
 from celery_reliable.worker.steps import install
@@ -25,6 +26,7 @@ from celery_reliable.worker.steps import install
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ARGUMENTS",
     "ConfigurationError",
     "DeadLetters",
     "IdempotencyKeyConflict",

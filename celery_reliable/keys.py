@@ -1,10 +1,13 @@
 """Idempotency keys and argument fingerprints.
 
-A key names *the outcome*, not the message: every publish, redelivery, retry and
-replay of one logical call carries the same key, and the store lets the body
-succeed at most once per key.  Keys come, in order, from the per-call option,
-the task's template or callable, else a stable hash of the task name and its
-arguments.
+A key names *an outcome*, and only the user knows which outcome a call stands
+for.  Keys come, in order, from the per-call option, the task's template,
+callable or method, an explicit opt-in to "same name and arguments, same
+outcome" (:data:`ARGUMENTS`: a stable hash), else **the publish itself**: the
+task id.  So with no declared key every copy of one message (redelivery,
+rescue, retry, deferral, replay) succeeds once, and a second deliberate call
+runs again: a periodic task or a repeated ``update_index(42)`` is never
+skipped.  The store lets the body succeed at most once per key.
 
 Arguments are first bound to the task's signature, so ``f(1)`` and
 ``f(order_id=1)`` are the same call.  The canonical form is JSON with sorted
@@ -25,7 +28,22 @@ from kombu.utils.json import loads as kombu_loads
 
 from celery_reliable.errors import IdempotencyKeyError, UnpersistableTask
 
-KeySource = str | Callable[..., str] | None
+
+class _Arguments:
+    """The type of :data:`ARGUMENTS` (one instance; compared by identity)."""
+
+    def __repr__(self) -> str:
+        return "celery_reliable.ARGUMENTS"
+
+    def __reduce__(self) -> str:
+        return "ARGUMENTS"  # pickles as the module attribute: identity survives
+
+
+#: ``idempotency_key=ARGUMENTS``: the call's key is a hash of the task name and its
+#: arguments, so the same arguments stand for the same outcome (within the retention).
+ARGUMENTS: Any = _Arguments()
+
+KeySource = str | Callable[..., str] | _Arguments | None
 
 MAX_KEY_LENGTH = 512
 _FORMATTER = string.Formatter()
@@ -162,13 +180,20 @@ def derive_key(
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     text: str | None = None,
+    task_id: str | None = None,
 ) -> str:
-    """The idempotency key of one call from the task's template/callable, else a hash
-    (``text``: the arguments' :func:`canonical` text, as in :func:`fingerprint`)."""
+    """The idempotency key of one call: from the task's template or callable, a hash of
+    the arguments for :data:`ARGUMENTS`, else the publish's own ``task_id`` (``text``:
+    the arguments' :func:`canonical` text, as in :func:`fingerprint`)."""
     if source is None:
-        text = canonical(arguments) if text is None else text
-        digest = hashlib.sha256(f"{task_name}\n{text}".encode()).hexdigest()
-        return f"{task_name}:{digest[:32]}"
+        if task_id is None:
+            raise IdempotencyKeyError(
+                f"{task_name} declares no idempotency key, so its key is the task id of the "
+                "publish, and none was given"
+            )
+        return validate_key(task_id, task_name)
+    if isinstance(source, _Arguments):
+        return argument_key(task_name, arguments, text)
     if callable(source):
         key = source(*args, **kwargs)
     else:
@@ -179,6 +204,21 @@ def derive_key(
                 f"idempotency_key template {source!r} of {task_name} cannot be formatted: {exc}"
             ) from None
     return validate_key(key, task_name)
+
+
+def argument_key(task_name: str, arguments: Mapping[str, Any], text: str | None = None) -> str:
+    """``<task name>:<128-bit hash of the canonical arguments>`` (:data:`ARGUMENTS`)."""
+    text = canonical(arguments) if text is None else text
+    digest = hashlib.sha256(f"{task_name}\n{text}".encode()).hexdigest()
+    return f"{task_name}:{digest[:32]}"
+
+
+def is_publish_key(key: str, task_id: str) -> bool:
+    """Whether ``key`` is the default key of the publish ``task_id`` (no key declared).
+
+    Every copy of one message keeps its task id (redelivery, retry, deferral, rescue,
+    replay), so the test holds for all of them."""
+    return key == task_id
 
 
 def validate_key(key: Any, task_name: str) -> str:

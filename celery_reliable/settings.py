@@ -112,7 +112,17 @@ class Settings:
     )
     retention: float = setting(
         86400.0,
-        "Seconds a completed key is remembered: a copy arriving within it is skipped (G2).",
+        "Seconds a completed declared key (template, callable, per-call key or ARGUMENTS) "
+        "is remembered: a copy or a second call arriving within it is skipped.",
+        _number(1),
+        per_task=True,
+    )
+    publish_key_retention: float = setting(
+        7200.0,
+        "Seconds the completion of a task without a declared key (keyed by its publish, "
+        "the task id) is remembered: as long as a copy of that one message can still "
+        "arrive (a redelivery after a lost acknowledgement comes within the Redis "
+        "visibility_timeout, 1 h by default). Keep it above the visibility_timeout.",
         _number(1),
         per_task=True,
     )
@@ -276,6 +286,20 @@ class Settings:
         "reason 'worker_lost' instead of being run again.",
         _number(1, integer=True),
         per_task=True,
+    )
+    beat_missed_slots: str = setting(
+        "run_latest",
+        "What a slot-keyed beat scheduler does with a schedule slot it reaches more than "
+        "reliable_beat_slot_grace seconds late (no beat ran at its time): 'run_latest' "
+        "runs the latest missed slot once, as Celery's beat does; 'skip' runs none and "
+        "waits for the next slot.",
+        _choice("run_latest", "skip"),
+    )
+    beat_slot_grace: float = setting(
+        60.0,
+        "Seconds after its scheduled time within which a beat slot is on time (see "
+        "reliable_beat_missed_slots).",
+        _number(0),
     )
     record_all_tasks: bool = setting(
         False,

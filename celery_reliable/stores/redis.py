@@ -62,6 +62,15 @@ from celery_reliable.stores.redis_limits import RedisLimits
 STALE_TTL_MS = 7 * 24 * 3600 * 1000
 
 
+#: The task id of a done key that is the task id itself (a task without a declared key):
+#: a done key of a publish stores its id once, in the key's name (lua/common.lua).
+SAME_AS_KEY = "="
+
+
+def _done_id(key: str, task_id: str) -> str:
+    return SAME_AS_KEY if key == task_id else compact_id(task_id)
+
+
 class RedisStore(RedisDeadLetters, RedisLimits):
     """The Redis store (see the module's docstring for its keys)."""
 
@@ -238,7 +247,7 @@ class RedisStore(RedisDeadLetters, RedisLimits):
         """(keys, args) of the complete script (benchmarks pipeline it)."""
         packed = "~" if result is None else ("" if result == "null" else result)
         return list(self._names(key, task_id)), [
-            owner, fingerprint, compact_id(task_id), packed, ms(retention), task_id
+            owner, fingerprint, _done_id(key, task_id), packed, ms(retention), task_id
         ]
 
     @guarded
@@ -289,8 +298,8 @@ class RedisStore(RedisDeadLetters, RedisLimits):
         width = DONE_FINGERPRINT.get(raw[:1])
         if width is not None:
             task_id, _, result = raw[width + 1:].partition("\t")
-            return KeyState("done", raw[1:width + 1], expand_id(task_id) or "",
-                            result=_result("done", result))
+            task_id = key if task_id == SAME_AS_KEY else expand_id(task_id) or ""
+            return KeyState("done", raw[1:width + 1], task_id, result=_result("done", result))
         state, fp, task_id, *rest = json.loads(raw)
         owner, until, lost = rest
         return KeyState(

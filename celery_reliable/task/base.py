@@ -37,7 +37,9 @@ class TaskBase(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
 
-    #: template ("receipt:{order_id}"), callable(*args, **kwargs) -> str, or None (hash)
+    #: template ("receipt:{order_id}"), callable(*args, **kwargs) -> str,
+    #: :data:`~celery_reliable.ARGUMENTS` (a hash of the arguments), or None: the key of
+    #: a call is then its publish (the task id)
     key_source: ClassVar[Any] = None
     idempotency_key: Any = _CurrentKey()
 
@@ -55,6 +57,7 @@ class TaskBase(Task):  # type: ignore[misc]
 
     lease_seconds: float | None = None
     retention: float | None = None
+    publish_key_retention: float | None = None
     max_lost_attempts: int | None = None
     persist_on_publish: bool | None = None
     dedupe_on_publish: bool | None = None
@@ -121,18 +124,26 @@ class TaskBase(Task):  # type: ignore[misc]
         return settings
 
     def key_for(
-        self, args: Sequence[Any], kwargs: Mapping[str, Any], key: str | None = None
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], key: Any = None,
+        task_id: str | None = None,
     ) -> tuple[str, str]:
-        """(idempotency key, argument fingerprint) of a call."""
+        """(idempotency key, argument fingerprint) of the call ``task_id``.
+
+        ``key``: the per-call option (a key, or :data:`~celery_reliable.ARGUMENTS`);
+        without it the task's own source decides, and a task that declares none is
+        keyed by ``task_id``, its publish."""
         arguments = keys.bind_arguments(self.run, args, kwargs)
         text = keys.canonical(arguments)  # once: the fingerprint and a hash key share it
         fingerprint = keys.fingerprint(arguments, text)
+        if key is keys.ARGUMENTS:
+            return keys.argument_key(self.name, arguments, text), fingerprint
         if key is not None:
             return keys.validate_key(key, self.name), fingerprint
         source: Any = self.key_source
         if isinstance(source, _MethodKey):
             source = functools.partial(source.method, self)
-        return keys.derive_key(self.name, source, arguments, args, kwargs, text), fingerprint
+        key = keys.derive_key(self.name, source, arguments, args, kwargs, text, task_id)
+        return key, fingerprint
 
 
 def _is_method(source: Any) -> bool:

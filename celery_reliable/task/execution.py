@@ -35,7 +35,7 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from celery_reliable import keys
 from celery_reliable.errors import RetryBudgetExhausted, StoreError, StoreUnavailable
-from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
+from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY, HEADER_SLOT
 from celery_reliable.retry.policy import RetryPolicy, Verdict
 from celery_reliable.runtime import Runtime
 from celery_reliable.settings import Settings
@@ -80,7 +80,7 @@ class Execution(Outcomes):
         if HEADER_KEY in headers:
             key, fingerprint = headers[HEADER_KEY], headers[HEADER_FINGERPRINT]
         else:  # sent by name (send_task) or by an older producer: derive it here
-            key, fingerprint = self.key_for(args, kwargs)
+            key, fingerprint = self.key_for(args, kwargs, headers.get(HEADER_SLOT), request.id)
             headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
         rt = self.reliable
         settings = self.reliable_settings(rt)
@@ -252,11 +252,13 @@ class Execution(Outcomes):
         """
         kept = keys.encode_result(result, settings.result_max_bytes)
         store, task_id = rt.store, request.id
+        retention = (settings.publish_key_retention if keys.is_publish_key(key, task_id)
+                     else settings.retention)
         then = functools.partial(self._completed, self.name, task_id, key)
         for attempt in range(_COMPLETE_TRIES):
             try:
                 store.complete_soon(
-                    key, fingerprint, owner, task_id, kept, settings.retention, then
+                    key, fingerprint, owner, task_id, kept, retention, then
                 )
             except StoreUnavailable as exc:
                 rt.count("store_error")

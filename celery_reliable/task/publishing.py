@@ -19,7 +19,8 @@ from typing import Any
 from celery.result import AsyncResult
 
 from celery_reliable.errors import IdempotencyKeyConflict, StoreUnavailable
-from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
+from celery_reliable.headers import BEAT_HEADER, HEADER_FINGERPRINT, HEADER_KEY, HEADER_SLOT
+from celery_reliable.keys import is_publish_key
 from celery_reliable.records import encode
 from celery_reliable.settings import Settings
 from celery_reliable.states import State, recorder
@@ -77,13 +78,8 @@ class Publishing(TaskBase):
         **options: Any,
     ) -> AsyncResult:
         args, kwargs = tuple(args or ()), dict(kwargs or {})
-        per_call_key = options.pop("idempotency_key", None)
         headers = dict(options.pop("headers", None) or {})
-        if HEADER_KEY in headers and per_call_key is None:
-            key, fingerprint = headers[HEADER_KEY], headers[HEADER_FINGERPRINT]
-        else:
-            key, fingerprint = self.key_for(args, kwargs, per_call_key)
-        headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
+        per_call_key = options.pop("idempotency_key", None) or headers.get(HEADER_SLOT)
         # A call that names its task id has promised that id to someone: Celery's canvas
         # (chain, group, chord freeze their members' ids) or the caller; a call with
         # callbacks has promised to run them.  It must get a message of its own, so the
@@ -91,6 +87,13 @@ class Publishing(TaskBase):
         # Retries and deferrals republish the running task under its own id: promised too.
         promised = task_id is not None or bool(link or link_error)
         task_id = task_id or str(uuid.uuid4())
+        if HEADER_KEY in headers and per_call_key is None:
+            key, fingerprint = headers[HEADER_KEY], headers[HEADER_FINGERPRINT]
+        else:
+            key, fingerprint = self.key_for(args, kwargs, per_call_key, task_id)
+        headers[HEADER_KEY], headers[HEADER_FINGERPRINT] = key, fingerprint
+        if headers.get(BEAT_HEADER) and HEADER_SLOT not in headers:
+            self._warn_unslotted()
         if self.deadline is not None and options.get("expires") is None:
             options["expires"] = self.deadline
         # A republish of the running task itself (retry, deferral) goes out even with the
@@ -116,7 +119,8 @@ class Publishing(TaskBase):
             settings, task_id, key, fingerprint, args, kwargs,
             lambda: {**options, "headers": headers, "link": link, "link_error": link_error,
                      "shadow": shadow},
-            dedupe=not promised,
+            # Only a declared key can stand for an existing task: a publish's own key is new.
+            dedupe=not promised and not is_publish_key(key, task_id),
         )
         if answer is None:
             result = publish(producer=producer)
@@ -136,6 +140,20 @@ class Publishing(TaskBase):
             recorder(app).transition(task_id, self.name, key, State.PENDING, attempt=attempt,
                                      at=published_at)
         return result
+
+    def _warn_unslotted(self) -> None:
+        """Once per task and process: beat published this task with a scheduler that does
+        not key its calls by schedule slot, so each beat process runs every slot."""
+        if self.__dict__.get("_warned_unslotted"):
+            return
+        self.__dict__["_warned_unslotted"] = True
+        logger.warning(
+            "%s was published by celery beat without a schedule-slot key: every beat "
+            "process that runs will run each slot. Run beat with a slot-keyed scheduler "
+            "(beat_scheduler = 'celery_reliable.beat:PersistentScheduler', or "
+            "'celery_reliable.beat:DatabaseScheduler' for django-celery-beat; see "
+            "docs/periodic-tasks.md)", self.name,
+        )
 
     def _before_publish(
         self, settings: Settings, task_id: str, key: str, fingerprint: str,

@@ -67,6 +67,17 @@ def apply_defaults(app: Celery, settings: Settings, tasks: Sequence[Any]) -> lis
             + ("" if settings.rescue_enabled else "; the ONLY crash recovery: the rescuer is off")
             + ")"
         )
+        retention = min([settings.publish_key_retention] + [
+            t.publish_key_retention for t in tasks
+            if getattr(t, "publish_key_retention", None) is not None])
+        if retention <= timeout + MARGIN:
+            logger.warning(
+                "reliable_publish_key_retention (%g s) is not longer than the Redis "
+                "visibility_timeout (%g s): a task without a declared key whose "
+                "acknowledgement is lost can be delivered again after its completion was "
+                "forgotten, and run twice; raise reliable_publish_key_retention above %g s",
+                retention, timeout, timeout + MARGIN,
+            )
         longest = longest_hold(app, settings, tasks)
         if longest >= timeout:
             logger.warning(

@@ -13,13 +13,15 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis
 from celery import Celery
+from celery.schedules import crontab
 from flask import Flask, current_app
 
-from celery_reliable import PermanentError, ReliableTask
+from celery_reliable import ARGUMENTS, PermanentError, ReliableTask
 
 COUNTER_URL = "redis://127.0.0.1:6379/13"
 
@@ -40,6 +42,24 @@ class Counter:
     def total(self, event: str) -> int:
         keys = list(self.client.scan_iter(f"{self.prefix}:{event}:*", count=1000))
         return sum(int(v or 0) for v in self.client.mget(keys)) if keys else 0
+
+
+def fast_clock() -> datetime:
+    """Time running ``TEST_CLOCK_SPEED`` times faster since ``TEST_CLOCK_START`` (epoch
+    seconds): the same in every process of a test, so a crontab minute takes seconds."""
+    start = float(os.environ["TEST_CLOCK_START"])
+    speed = float(os.environ["TEST_CLOCK_SPEED"])
+    return datetime.fromtimestamp(start + (time.time() - start) * speed, tz=timezone.utc)
+
+
+def beat_entry(env: Mapping[str, str]) -> dict[str, Any]:
+    """``TEST_BEAT=interval:<seconds>`` or ``crontab`` (every minute, on :func:`fast_clock`)."""
+    kind, _, every = env["TEST_BEAT"].partition(":")
+    if kind == "crontab":
+        when: Any = crontab(minute="*", nowfun=fast_clock)
+    else:
+        when = timedelta(seconds=float(every))
+    return {"task": "shop.tick", "schedule": when, "args": ("fixed",)}
 
 
 def build(env: Mapping[str, str]) -> Celery:
@@ -182,6 +202,39 @@ def build(env: Mapping[str, str]) -> Celery:
             (the first time per task only: the redelivered copy must get through)."""
             if kwargs.get("app") is app and counter.incr("killed", task_id) == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
+
+    @app.task(name="shop.refresh", shared=False, base=ReliableTask)
+    def refresh(item: int, hold: float = 0.0) -> int:
+        """No declared key: each publish is one outcome.  Counts 'start' and 'effect'."""
+        counter.incr("start", item)
+        deadline = time.monotonic() + hold
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return counter.incr("effect", item)
+
+    @app.task(name="shop.refresh_unique", shared=False, base=ReliableTask,
+              idempotency_key=ARGUMENTS)
+    def refresh_unique(item: int) -> int:
+        """Opted in: the same arguments are the same outcome."""
+        return counter.incr("effect", item)
+
+    @app.task(name="shop.refresh_gated", shared=False, base=ReliableTask)
+    def refresh_gated(item: int) -> int:
+        """No declared key; fails for good until the test sets '<prefix>:refresh_fixed'."""
+        counter.incr("start", item)
+        if not counter.client.exists(f"{prefix}:refresh_fixed"):
+            raise PermanentError(f"item {item} cannot be refreshed yet")
+        return counter.incr("effect", item)
+
+    @app.task(name="shop.tick", shared=False, base=ReliableTask, bind=True)
+    def tick(self: ReliableTask, label: str) -> int:
+        """A periodic task with fixed arguments: counts its runs per schedule slot."""
+        return counter.incr("slot", self.idempotency_key)
+
+    if env.get("TEST_BEAT"):
+        app.conf.beat_scheduler = "celery_reliable.beat:PersistentScheduler"
+        app.conf.beat_max_loop_interval = 0.2  # wake often: slots are seconds apart here
+        app.conf.beat_schedule = {"tick": beat_entry(env)}
 
     @app.task(name="shop.third_party_add", shared=False)
     def third_party_add(x: int, y: int) -> int:

@@ -73,3 +73,22 @@ def test_task_that_kills_its_worker_is_dead_lettered(make_shop: Callable[..., Sh
     assert shop.store.pending_count() == 0
     for w in workers:
         w.kill()
+
+
+def test_sigkill_mid_body_of_a_task_without_a_key_completes_once(
+    make_shop: Callable[..., Shop],
+) -> None:
+    """No declared key: the publish is the key, so the rescued run and the copy the
+    broker hands back (visibility_timeout=6) are copies of one outcome."""
+    shop = make_shop("redis", "redis", TEST_VISIBILITY_TIMEOUT="6")
+    handle = shop.task("refresh").apply_async((4,), {"hold": 2.0})
+    first = shop.new_worker().start()
+    wait_for(lambda: shop.counter.get("start", 4) == 1, 30, "the body to start")
+    first.kill()
+    with shop.worker():
+        wait_for(lambda: shop.counter.get("effect", 4) == 1, 60, "the rescued run")
+        assert handle.get(timeout=30) == 1
+        wait_for(lambda: shop.unacked() == 0, 30, "the stale copy to be acked")
+        wait_for(lambda: shop.store.pending_count() == 0, 30, "the task record to clear")
+    assert shop.counter.get("effect", 4) == 1, "the effect happened twice"
+    assert shop.counter.get("start", 4) == 2  # the killed run and the rescued one, not a third

@@ -31,15 +31,32 @@ def test_callable_source_gets_the_call() -> None:
 
 
 def test_hash_is_the_same_for_equivalent_calls() -> None:
-    assert derive(None, 42) == derive(None, order_id=42) == derive(None, 42, "x@example.com")
-    assert derive(None, 42) != derive(None, 43)
-    assert derive(None, 42).startswith("shop.send_receipt:")
+    hashed = keys.ARGUMENTS
+    assert derive(hashed, 42) == derive(hashed, order_id=42) == derive(hashed, 42, "x@example.com")
+    assert derive(hashed, 42) != derive(hashed, 43)
+    assert derive(hashed, 42).startswith("shop.send_receipt:")
+
+
+def test_without_a_declared_key_the_key_is_the_publish() -> None:
+    arguments = keys.bind_arguments(send_receipt, (42,), {})
+    one = keys.derive_key("shop.send_receipt", None, arguments, (42,), {}, task_id="id-1")
+    two = keys.derive_key("shop.send_receipt", None, arguments, (42,), {}, task_id="id-2")
+    assert (one, two) == ("id-1", "id-2")  # same arguments, two publishes: two outcomes
+    assert keys.is_publish_key(one, "id-1") and not keys.is_publish_key("receipt:42", "id-1")
+    with pytest.raises(IdempotencyKeyError, match="task id of the publish"):
+        derive(None, 42)
+
+
+def test_the_arguments_marker_survives_pickling() -> None:
+    import pickle
+
+    assert pickle.loads(pickle.dumps(keys.ARGUMENTS)) is keys.ARGUMENTS
 
 
 def test_hash_is_stable_across_processes() -> None:
     code = (
         "from celery_reliable import keys\n"
-        "print(keys.derive_key('t', None, {'a': 1, 'b': [1, 2], 'c': {'z': 1, 'y': 2}}, (), {}))"
+        "print(keys.argument_key('t', {'a': 1, 'b': [1, 2], 'c': {'z': 1, 'y': 2}}))"
     )
     outputs = {
         subprocess.run(
@@ -50,7 +67,7 @@ def test_hash_is_stable_across_processes() -> None:
     }
     assert len(outputs) == 1
     reordered = {"c": {"y": 2, "z": 1}, "b": [1, 2], "a": 1}
-    assert outputs.pop() == keys.derive_key("t", None, reordered, (), {})
+    assert outputs.pop() == keys.derive_key("t", keys.ARGUMENTS, reordered, (), {})
 
 
 def test_rich_argument_types_have_a_canonical_form() -> None:

@@ -11,6 +11,7 @@ import redis
 from celery import Celery
 
 from celery_reliable import (
+    ARGUMENTS,
     ConfigurationError,
     IdempotencyKeyConflict,
     IdempotencyKeyError,
@@ -43,7 +44,7 @@ def test_always_eager_apply_async(app: Celery) -> None:
     app.conf.task_always_eager = True
     calls = []
 
-    @app.task(base=ReliableTask, shared=False)
+    @app.task(base=ReliableTask, idempotency_key=ARGUMENTS, shared=False)
     def add(x: int, y: int) -> int:
         calls.append((x, y))
         return x + y
@@ -109,7 +110,8 @@ def test_transient_failures_are_retried_then_succeed_once(app: Celery) -> None:
     effects: list[int] = []
     attempts: list[int] = []
 
-    @app.task(base=ReliableTask, bind=True, retry_on=(ConnectionError,), shared=False)
+    @app.task(base=ReliableTask, bind=True, retry_on=(ConnectionError,),
+              idempotency_key=ARGUMENTS, shared=False)
     def send(self: ReliableTask, n: int) -> int:
         attempts.append(self.request.retries + 1)
         if len(attempts) <= 3:
@@ -300,7 +302,7 @@ def test_threads_publishing_at_once_each_get_their_own_answer(app: Celery, prefi
 
 
 def test_a_connection_given_per_call_is_used(app: Celery) -> None:
-    @app.task(base=ReliableTask, shared=False)
+    @app.task(base=ReliableTask, idempotency_key=ARGUMENTS, shared=False)
     def task(n: int) -> None: ...
 
     with app.connection_for_write() as connection:
@@ -383,7 +385,8 @@ def test_rescuer_republishes_a_lost_record_to_its_queue(app: Celery) -> None:
         assert rescuer.sweep_once() == 1
         message = conn.SimpleQueue("lostq").get(timeout=1)
         assert message.headers["id"] == handle.id
-        assert message.headers["reliable_key"] == lost.key_for((5,), {})[0]
+        assert message.headers["reliable_key"] == lost.key_for((5,), {}, task_id=handle.id)[0]
+        assert message.headers["reliable_key"] == handle.id  # no key declared: its publish
         assert json.loads(message.body)[0] == [5]
 
 
@@ -401,9 +404,12 @@ def test_app_wide_task_cls_makes_every_task_reliable() -> None:
     try:
         assert isinstance(charge._get_current_object(), ReliableTask)
         assert charge.acks_late and charge.reject_on_worker_lost
-        assert charge.apply((1,)).get() == 1
-        assert charge.apply((1,)).get() == 1
+        first = charge.apply((1,))
+        assert first.get() == 1
+        assert charge.apply((1,), task_id=first.id).get() == 1  # a copy: skipped
         assert calls == [1]
+        assert charge.apply((1,)).get() == 1  # a second call: runs (no key declared)
+        assert calls == [1, 1]
     finally:
         reset(app)
 
@@ -415,12 +421,13 @@ def test_a_hash_key_and_the_fingerprint_share_one_serialization(
     with the same key and fingerprint as when each is derived on its own."""
     from celery_reliable import keys
 
-    @app.task(base=ReliableTask, shared=False, name="shop.import_batch")
+    @app.task(base=ReliableTask, idempotency_key=ARGUMENTS, shared=False,
+              name="shop.import_batch")
     def import_batch(rows: list[dict[str, Any]]) -> None: ...
 
     rows = [{"sku": f"s{i}", "qty": i} for i in range(50)]
     arguments = {"rows": rows}
-    expected = (keys.derive_key("shop.import_batch", None, arguments, (rows,), {}),
+    expected = (keys.derive_key("shop.import_batch", ARGUMENTS, arguments, (rows,), {}),
                 keys.fingerprint(arguments))
     canonical, calls = keys.canonical, []
 

@@ -5,7 +5,8 @@
 -- string so that Redis stores it inline as an embstr (44 bytes or less for a
 -- UUID task id and a None result):
 --   'E' .. fingerprint (16 hex: 64 bits) .. compact_task_id .. '\t' .. result
--- where the result is '' for None, '~' when it was not kept, else its JSON.
+-- where the result is '' for None, '~' when it was not kept, else its JSON, and the
+-- task id is '=' when it is the key itself (the key of a publish: 32 bytes saved).
 -- Done keys written before that kept 8 characters ('D' .. fingerprint[1..8] ..);
 -- they are still read, and compared on those 8 characters, until they expire.
 -- get_state returns either as {'D', fingerprint, compact_task_id, result}.
@@ -21,8 +22,11 @@ local function get_state(key)
   if n then
     local rest = string.sub(raw, n + 2)
     local tab = string.find(rest, '\t', 1, true)
-    return {'D', string.sub(raw, 2, n + 1), string.sub(rest, 1, tab - 1),
-            string.sub(rest, tab + 1)}
+    local task_id = string.sub(rest, 1, tab - 1)
+    if task_id == '=' then
+      task_id = string.sub(key, select(2, string.find(key, '}:k:', 1, true)) + 1)
+    end
+    return {'D', string.sub(raw, 2, n + 1), task_id, string.sub(rest, tab + 1)}
   end
   return cjson.decode(raw)
 end
