@@ -105,7 +105,10 @@ def claim(
             return ClaimDecision(Claim(ClaimStatus.CONFLICT, current.task_id))
         if current.state == "done":
             done = Claim(ClaimStatus.DONE, current.task_id, current.result)
-            return ClaimDecision(done, drop_copy=current.task_id != task_id)
+            # Every copy of a done key is absorbed, its record with it; also a record of
+            # the very task that completed, written by a later publish of its id (a
+            # canvas re-sending a frozen signature, a forced replay): nobody runs it now.
+            return ClaimDecision(done, drop_copy=True)
         lost = current.lost
         if current.state == "dead":
             return ClaimDecision(Claim(ClaimStatus.LOST_TOO_OFTEN, current.task_id, lost=lost))

@@ -186,6 +186,27 @@ def test_release_requeued_keeps_key_in_flight(any_store: Store) -> None:
     assert any_store.get_key("k") is None
 
 
+def test_a_key_of_a_publish_is_its_task_id_and_a_later_publish_of_it_is_absorbed(
+    any_store: Store,
+) -> None:
+    """No declared key: key and task id are one string.  A second publish of that id
+    after the completion (a forced replay, a canvas re-sending a frozen id) writes a
+    record again; the claim that finds the key done drops it, or the rescuer would
+    bring it back for ever."""
+    task_id = str(uuid.uuid4())
+    first = record(task_id, task_id)
+    assert any_store.publish(first, 60, dedupe=False).status is PublishStatus.NEW
+    assert any_store.claim(task_id, FP, task_id, "a", 30, max_lost=3).runs
+    assert any_store.complete(task_id, FP, "a", task_id, "null", retention=60)
+    done = any_store.get_key(task_id)
+    assert done is not None and done.state == "done" and done.task_id == task_id
+    assert any_store.publish(record(task_id, task_id), 60, dedupe=False).status is not None
+    assert any_store.pending_count() == 1
+    again = any_store.claim(task_id, FP, task_id, "b", 30, max_lost=3)
+    assert again.status is ClaimStatus.DONE and again.task_id == task_id
+    assert any_store.pending_count() == 0
+
+
 def test_publish_dedupe_and_record_lifecycle(any_store: Store) -> None:
     first = record("order:1")
     assert any_store.publish(first, 60, dedupe=True).status is PublishStatus.NEW

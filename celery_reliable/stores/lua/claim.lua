@@ -20,10 +20,9 @@ end
 if cur then
   if not same_args(cur, ARGV[1]) then return {'conflict', cur[3], '', 0, 0} end
   if cur[1] == 'D' then
-    if cur[3] ~= ARGV[2] then
-      redis.call('DEL', KEYS[2])
-      redis.call('ZREM', KEYS[3], ARGV[2])
-    end
+    -- absorbed, with its record (also one a later publish of the done task's own id wrote)
+    redis.call('DEL', KEYS[2])
+    redis.call('ZREM', KEYS[3], ARGV[2])
     return {'done', cur[3], cur[4], 0, 0}
   end
   lost = tonumber(cur[6]) or 0
