@@ -4,7 +4,8 @@ With ``reliable_record_all_tasks = True`` every task of the app is recorded,
 not only the reliable ones: a library's ``@shared_task`` shows up in timelines,
 stuck lists and stats too.  Reliability (claims, rescue, dead letters) still
 needs ``ReliableTask``; these tasks are only observed.  ReliableTasks record
-themselves and are skipped here.
+themselves and are skipped here.  An observed task's key is its publish (its task
+id), as for a ReliableTask that declares none: ``reliable-tasks timeline --key`` finds it.
 
 Publishing is recorded from ``before_task_publish``, which names no app: the
 task is looked up in the current app.
@@ -66,7 +67,8 @@ def _record(
         return
     request = request if request is not None else task.request
     recorder(app).transitions(
-        task_id, task.name, "", states, attempt=int(getattr(request, "retries", 0) or 0) + 1,
+        task_id, task.name, task_id, states,
+        attempt=int(getattr(request, "retries", 0) or 0) + 1,
         worker=getattr(request, "hostname", None), **extra,
     )
 
@@ -78,7 +80,7 @@ def on_publish(sender: Any = None, headers: Any = None, **_: Any) -> None:
     if task is None or not headers or _observed(task) is None:
         return
     recorder(task._get_app()).transition(
-        headers.get("id"), task.name, "", State.PENDING,
+        headers.get("id"), task.name, headers.get("id"), State.PENDING,
         attempt=int(headers.get("retries") or 0) + 1,
     )
 

@@ -72,6 +72,8 @@ def test_plain_tasks_are_recorded_when_the_app_asks(make_shop: Callable[..., Sho
 
     wait_for(lambda: State.SUCCEEDED in states(), 15, "the plain task's timeline")
     assert states() == [State.PENDING, State.RECEIVED, State.STARTED, State.SUCCEEDED]
+    # keyed by its publish, as a ReliableTask without a declared key
+    assert [t.state for t in queries.timeline(shop.app, key=handle.id)] == states()
 
 
 def test_plain_tasks_are_not_recorded_by_default(make_shop: Callable[..., Shop]) -> None:
