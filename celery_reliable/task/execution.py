@@ -41,7 +41,7 @@ from celery_reliable.runtime import Runtime
 from celery_reliable.settings import Settings
 from celery_reliable.states import State
 from celery_reliable.stores.model import BreakerCheck, ClaimStatus, Lease
-from celery_reliable.task.guard import GuardedRun
+from celery_reliable.task.guard import GuardedCall, GuardedRun
 from celery_reliable.task.outcomes import Outcomes
 from celery_reliable.worker.owner import owner_token
 
@@ -62,13 +62,17 @@ class Execution(Outcomes):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's tracer calls this, or a subclass's own ``__call__``: either way the
         body is reached through ``self.run``, which holds the guarantees."""
-        if self.request.called_directly:
+        request = self.request
+        if request.called_directly:
             # ``task(...)`` as a plain function: Celery's __call__ pushes a request
             # (called directly: the guard steps aside) and runs the body.
             return super().__call__(*args, **kwargs)
         # In the delivery's request (Celery pushed it); a subclass's
         # ``super().__call__`` in eager mode lands here too, not in a new request.
-        return self.run(*args, **kwargs)
+        run = self.run
+        if isinstance(run, GuardedCall):
+            return run.within(request, args, kwargs)
+        return run(*args, **kwargs)
 
     def _execute(
         self, body: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]

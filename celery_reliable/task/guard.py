@@ -55,14 +55,14 @@ class GuardedRun:
             return _bind(self.body, None, owner)
         guarded = task.__dict__.get(self._slot)
         if guarded is None:  # once per task instance: key_for reads ``self.run`` per publish
-            guarded = task.__dict__[self._slot] = _GuardedCall(task, _bind(self.body, task, owner))
+            guarded = task.__dict__[self._slot] = GuardedCall(task, _bind(self.body, task, owner))
         return guarded
 
     def __set__(self, task: Any, value: Callable[..., Any]) -> None:
-        task.__dict__[self._slot] = _GuardedCall(task, value)
+        task.__dict__[self._slot] = GuardedCall(task, value)
 
 
-class _GuardedCall:
+class GuardedCall:
     """``task.run`` as the task's callers see it (``__wrapped__``: the body, so its
     signature is the body's: keys and templates bind to it)."""
 
@@ -73,13 +73,16 @@ class _GuardedCall:
         self.__wrapped__ = body
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        task = self._task
-        request = task.request
+        return self.within(self._task.request, args, kwargs)
+
+    def within(self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The call in ``request``, the task's current one (the task's ``__call__`` has
+        read it already: a read of ``task.request`` costs about a microsecond)."""
         if request.called_directly or request.__dict__.get(_RUNNING):
             return self.__wrapped__(*args, **kwargs)
         request.__dict__[_RUNNING] = True
         try:
-            return task._execute(self.__wrapped__, args, kwargs)
+            return self._task._execute(self.__wrapped__, args, kwargs)
         finally:
             request.__dict__[_RUNNING] = False
 

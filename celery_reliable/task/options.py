@@ -18,7 +18,7 @@ from celery import Task
 
 from celery_reliable.errors import ConfigurationError
 from celery_reliable.settings import Settings, per_task_names
-from celery_reliable.spelling import PREFIX
+from celery_reliable.spelling import Spelling
 
 #: options a task class carries besides the per-task settings
 _CLASS_OPTIONS = frozenset({
@@ -57,9 +57,11 @@ def check(cls: type[Task]) -> None:
             continue  # defined by a base class: Celery's, ours or the user's
         task = cls.__dict__.get("name") or cls.__qualname__
         if name in app_wide:
+            app = cls.__dict__.get("app")  # a decorator task's (the namespace spells it)
+            spelling = Spelling.of_namespace(getattr(app, "namespace", None))
             raise ConfigurationError(
                 f"{task} sets {name}={value!r}, but {name} is an app-wide setting, not a "
-                f"task option: set {PREFIX}{name} on the app"
+                f"task option: {spelling.where(name, value)}"
             )
         close = difflib.get_close_matches(name, sorted(ours), n=1, cutoff=_CUTOFF)
         if close:

@@ -46,7 +46,11 @@ def test_a_typo_in_a_subclass_body_is_refused_too() -> None:
 
 
 def test_an_app_wide_setting_given_per_task_says_where_it_goes(app: Celery) -> None:
-    with pytest.raises(ConfigurationError, match="set reliable_rescue_after on the app"):
+    with pytest.raises(ConfigurationError, match=r"set it on the app, e\.g\. "
+                                                 r"app\.conf\.reliable_rescue_after = 3"):
+        define(app, rescue_after=3)
+    app.namespace = "CELERY"  # config_from_object(..., namespace="CELERY"): Django
+    with pytest.raises(ConfigurationError, match="add CELERY_RELIABLE_RESCUE_AFTER = 3 to"):
         define(app, rescue_after=3)
 
 
