@@ -91,3 +91,12 @@ def drop_tables(store: Store) -> None:
 
     if isinstance(store, SQLStore) and store.engine.dialect.name != "sqlite":
         store.schema.metadata.drop_all(store.engine)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what needs real servers, so ``-m "not integration and not chaos"`` runs the
+    unit tests alone (the folder decides: tests/integration and tests/chaos)."""
+    for item in items:
+        parts = item.path.parts
+        if "integration" in parts or "chaos" in parts:
+            item.add_marker(pytest.mark.integration)

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,3 +129,10 @@ def worker(env: Mapping[str, str], log_dir: Path, **kwargs: object) -> Iterator[
         yield w.start()
     finally:
         w.stop()
+
+
+def dead_records(store: Any, limit: int = 100) -> list[Any]:
+    """The records of the most recent dead letters in ``store``'s index, newest first."""
+    from celery_reliable.stores.model import DeadLetterQuery
+
+    return [e.record for e in store.list_dead_letters(DeadLetterQuery(), limit).entries]

@@ -12,18 +12,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from celery_reliable.dlq.api import DeadLetters
+from celery_reliable.dlq.api import DeadLetters
 
 __all__ = ["DeadLetters"]
-
-
-def __getattr__(name: str) -> Any:
-    # The task module imports .routing: importing the API eagerly would be a cycle.
-    if name == "DeadLetters":
-        from celery_reliable.dlq.api import DeadLetters
-
-        return DeadLetters
-    raise AttributeError(name)

@@ -32,6 +32,7 @@ from celery_reliable.dlq import routing
 from celery_reliable.dlq.message import body_text
 from celery_reliable.dlq.publisher import DeadLetterPublishError
 from celery_reliable.errors import ReliableError
+from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.records import serializer_of
 from celery_reliable.runtime import runtime
 from celery_reliable.stores.model import TaskRecord
@@ -115,12 +116,12 @@ def _record(app: Celery, message: Any, headers: Mapping[str, Any]) -> TaskRecord
     if not isinstance(task_id, str) or not task_id:
         task_id = "poison-" + hashlib.sha256(body).hexdigest()[:24]
     text, content_type, encoding = _call_body(app, message, body)
-    key = headers.get("reliable_key")
+    key = headers.get(HEADER_KEY)
     return TaskRecord(
         task_id=task_id,
         name=name if isinstance(name, str) and name else "(undecodable)",
         key=key if isinstance(key, str) else "",
-        fingerprint=str(headers.get("reliable_fp") or ""),
+        fingerprint=str(headers.get(HEADER_FINGERPRINT) or ""),
         body=text, content_type=content_type, content_encoding=encoding,
         options=json.dumps({"headers": dict(headers)}, default=repr),
     )

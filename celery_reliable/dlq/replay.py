@@ -33,6 +33,7 @@ from celery_reliable.dlq.events import send_task_event
 from celery_reliable.dlq.message import UNREADABLE_REASONS
 from celery_reliable.dlq.model import ReplayResult
 from celery_reliable.errors import ReliableError
+from celery_reliable.headers import HEADER_DEFERS
 from celery_reliable.runtime import runtime
 from celery_reliable.states import TERMINAL, State, Transition, recorder, state_store
 from celery_reliable.states.runtime import states_of
@@ -44,7 +45,7 @@ logger = logging.getLogger("celery_reliable.dlq")
 #: Replays published at once when no rate is given.
 REPLAY_THREADS = 4
 #: Headers of a task message that must not travel with a replay.
-_REPLAY_DROPPED_HEADERS = ("reliable_defers",)
+_REPLAY_DROPPED_HEADERS = (HEADER_DEFERS,)
 #: Publish options a replay does not keep: the attempt count starts again, and an old
 #: eta or expiry would make the replay wait or expire at once.
 _REPLAY_DROPPED_OPTIONS = ("retries", "eta", "countdown", "expires")

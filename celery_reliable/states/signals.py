@@ -33,6 +33,7 @@ from celery.signals import (
     task_success,
 )
 
+from celery_reliable.headers import HEADER_KEY
 from celery_reliable.states.machine import State
 from celery_reliable.states.runtime import recorder
 
@@ -74,7 +75,7 @@ def _record(
 
 
 def on_publish(sender: Any = None, headers: Any = None, **_: Any) -> None:
-    if not headers or "reliable_key" in headers:
+    if not headers or HEADER_KEY in headers:
         return  # a ReliableTask's message: it records itself
     task = current_app.tasks.get(sender) if isinstance(sender, str) else None
     if task is None or not headers or _observed(task) is None:

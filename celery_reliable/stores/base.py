@@ -257,10 +257,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_record(self, task_id: str, key: str) -> TaskRecord | None: ...
 
-    @abc.abstractmethod
-    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
-        """The most recent dead-lettered records, newest first."""
-
     # -- the dead-letter index ----------------------------------------------------
     @abc.abstractmethod
     def get_dead_letter(self, task_id: str) -> DeadLetter | None:

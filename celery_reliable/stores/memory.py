@@ -246,9 +246,6 @@ class MemoryStore(Store):
             letter = self._dead.get(task_id)
             return self._records.get(task_id) or (letter.record if letter else None)
 
-    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
-        return [e.record for e in self.list_dead_letters(DeadLetterQuery(), limit).entries]
-
     def get_dead_letter(self, task_id: str) -> DeadLetter | None:
         with self._lock:
             return self._dead.get(task_id)

@@ -47,9 +47,6 @@ class RedisDeadLetters(RedisBase):
              "" if dead_at is None else int(dead_at * 1000), *fields],
         )
 
-    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
-        return [e.record for e in self.list_dead_letters(DeadLetterQuery(), limit).entries]
-
     # -- the dead-letter index ---------------------------------------------------------
     def _shard_tags(self) -> list[str]:
         return [f"{{{self.prefix}:{shard}}}" for shard in range(self.shards)]

@@ -28,9 +28,6 @@ from celery_reliable.stores.sql_base import SQLBase
 
 
 class SQLDeadLetters(SQLBase):
-    def dead_letters(self, limit: int = 100) -> list[TaskRecord]:
-        return [e.record for e in self.list_dead_letters(DeadLetterQuery(), limit).entries]
-
     def get_dead_letter(self, task_id: str) -> DeadLetter | None:
         dl = self.schema.dead_letters
         query = select(dl).where(dl.c.task_id == task_id)

@@ -20,6 +20,7 @@ from celery.signals import task_received, task_revoked, worker_process_shutdown
 from celery_reliable.dlq import routing
 from celery_reliable.dlq.events import send_task_event
 from celery_reliable.errors import ReliableError, StoreError
+from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.records import encode
 from celery_reliable.states import State, flush_all, recorder
 from celery_reliable.stores.model import Failure, TaskRecord
@@ -32,7 +33,6 @@ def on_task_revoked(
     sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
     expired: bool = False, **_: Any,
 ) -> None:
-    from celery_reliable.headers import HEADER_KEY
     from celery_reliable.task import ReliableTask
 
     if not isinstance(sender, ReliableTask) or request is None:
@@ -85,7 +85,8 @@ def _record_of(task: Any, request: Any, key: str) -> TaskRecord:
     try:
         record, _ = encode(
             task._get_app(), name=task.name, task_id=request.id, key=key,
-            fingerprint=headers.get("reliable_fp", ""), args=getattr(request, "args", ()) or (),
+            fingerprint=headers.get(HEADER_FINGERPRINT, ""),
+            args=getattr(request, "args", ()) or (),
             kwargs=getattr(request, "kwargs", {}) or {}, options={"headers": headers},
             serializer=task.serializer,
         )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.harness import wait_for
+from tests.harness import dead_records, wait_for
 from tests.shopfixture import Shop
 
 pytestmark = pytest.mark.chaos
@@ -61,7 +61,7 @@ def test_task_that_kills_its_worker_is_dead_lettered(make_shop: Callable[..., Sh
     def dead_lettered() -> bool:
         if not workers or not workers[-1].alive():
             workers.append(shop.new_worker().start())
-        return any(r.task_id == handle.id for r in shop.store.dead_letters())
+        return any(r.task_id == handle.id for r in dead_records(shop.store))
 
     wait_for(dead_lettered, 120, "the crash loop to be dead-lettered")
     record = shop.store.get_record(handle.id, "crash:9")

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from celery import states
 
-from tests.harness import wait_for
+from tests.harness import dead_records, wait_for
 from tests.shopfixture import Shop
 
 
@@ -18,8 +18,8 @@ def test_task_published_past_its_deadline_is_dead_lettered(
     past = datetime.now(timezone.utc) - timedelta(seconds=5)
     handle = shop.task("send_receipt").apply_async((5,), expires=past)
     with shop.worker():
-        wait_for(lambda: bool(shop.store.dead_letters()), 30, "the dead letter")
-    [letter] = shop.store.dead_letters()
+        wait_for(lambda: bool(dead_records(shop.store)), 30, "the dead letter")
+    [letter] = dead_records(shop.store)
     assert letter.task_id == handle.id and letter.reason == "expired"
     assert handle.state == states.REVOKED
     assert shop.counter.get("start", 5) == 0

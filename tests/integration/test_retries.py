@@ -8,7 +8,7 @@ import pytest
 from celery import states
 
 from celery_reliable import PermanentError
-from tests.harness import wait_for
+from tests.harness import dead_records, wait_for
 from tests.shopfixture import Shop
 
 
@@ -32,8 +32,8 @@ def test_permanent_error_is_not_retried(make_shop: Callable[..., Shop]) -> None:
     with shop.worker():
         with pytest.raises(PermanentError, match="no e-mail address"):
             handle.get(timeout=30)
-        wait_for(lambda: bool(shop.store.dead_letters()), 10, "the dead letter")
-    [letter] = shop.store.dead_letters()
+        wait_for(lambda: bool(dead_records(shop.store)), 10, "the dead letter")
+    [letter] = dead_records(shop.store)
     assert letter.task_id == handle.id and letter.reason == "permanent_error"
     assert shop.counter.get("start", 2) == 1
     assert shop.store.get_key("reject:2") is None  # released, so a replay can run

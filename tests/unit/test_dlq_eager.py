@@ -18,6 +18,7 @@ from celery_reliable import PermanentError, ReliableTask
 from celery_reliable.dlq.api import DeadLetters
 from celery_reliable.dlq.publisher import dlq_queue
 from celery_reliable.runtime import reset, runtime
+from tests.harness import dead_records
 from tests.servers import REDIS
 
 
@@ -75,7 +76,7 @@ def test_apply_throw_raises_the_failure_and_publishes_nothing(eager_app: Celery)
     with pytest.raises(PermanentError):
         refund.apply((8,), throw=True)
     assert on_the_broker(eager_app) == 0
-    assert len(runtime(eager_app).store.dead_letters()) == 1
+    assert len(dead_records(runtime(eager_app).store)) == 1
 
 
 def test_eager_dead_letters_can_be_published_when_asked(eager_app: Celery) -> None:

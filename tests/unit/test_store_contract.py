@@ -25,6 +25,7 @@ from celery_reliable.stores import (
     SweepPolicy,
     TaskRecord,
 )
+from tests.harness import dead_records
 
 FP = "f" * 16
 SHORT = 0.3
@@ -359,7 +360,7 @@ def test_dead_letter_moves_record(any_store: Store) -> None:
     dead = any_store.get_record(rec.task_id, "k")
     assert dead is not None and dead.state == "dead" and dead.reason == "worker_lost"
     any_store.dead_letter("t-none", "k2", "failed", "boom", fallback=record("k2", "t-none"))
-    letters = any_store.dead_letters()
+    letters = dead_records(any_store)
     assert {r.task_id for r in letters} == {rec.task_id, "t-none"}
     assert all(r.dead_at for r in letters)
     by_id = {r.task_id: r for r in letters}

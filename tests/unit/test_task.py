@@ -23,6 +23,7 @@ from celery_reliable import (
 from celery_reliable.records import decode
 from celery_reliable.runtime import reset, runtime
 from celery_reliable.stores.memory import MemoryStore
+from tests.harness import dead_records
 
 
 def test_eager_runs_once_per_key_and_skips_with_the_first_result(app: Celery) -> None:
@@ -78,7 +79,7 @@ def test_permanent_failure_releases_the_key_and_records_a_dead_letter(app: Celer
         flaky.apply((1,), throw=True)
     store = runtime(app).store
     assert store.get_key("flaky:1") is None  # released: a replay can run
-    [letter] = store.dead_letters()
+    [letter] = dead_records(store)
     assert letter.reason == "permanent_error" and "mailer said no" in (letter.error or "")
     assert flaky.apply((1,)).get() == "ok"
     assert attempts == [1, 1]
@@ -138,7 +139,7 @@ def test_attempts_are_bounded(app: Celery) -> None:
     result = down.apply()
     assert isinstance(result.result, TimeoutError)
     assert attempts == [1, 2, 3]
-    [letter] = runtime(app).store.dead_letters()
+    [letter] = dead_records(runtime(app).store)
     assert letter.reason == "attempts_exhausted"
 
 

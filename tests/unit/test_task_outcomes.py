@@ -19,6 +19,7 @@ from celery_reliable import IdempotencyKeyConflict, PermanentError, ReliableTask
 from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, Transition, recorder, state_store
+from tests.harness import dead_records
 from tests.unit.test_claim_ahead import received, taken
 
 
@@ -85,7 +86,7 @@ def test_reject_without_requeue_is_dead_lettered(app: Celery) -> None:
     request = received(app, bad, 1)
     request.execute()
     store = runtime(app).store
-    [letter] = store.dead_letters()
+    [letter] = dead_records(store)
     assert letter.task_id == request.id and letter.reason == "rejected"
     assert store.get_key("bad:1") is None
     assert states(app, request.id)[-2:] == [State.FAILED, State.DEAD_LETTERED]
@@ -101,7 +102,7 @@ def test_reject_with_requeue_gives_the_key_back(app: Celery) -> None:
     store = runtime(app).store
     key = store.get_key("later:1")
     assert key is not None and key.state == "queued"
-    assert store.dead_letters() == []
+    assert dead_records(store) == []
 
 
 def charged_then_copied(app: Celery) -> tuple[list[int], Request]:
@@ -127,7 +128,7 @@ def charged_then_copied(app: Celery) -> tuple[list[int], Request]:
 def test_a_key_held_with_other_arguments_is_dead_lettered_at_the_worker(app: Celery) -> None:
     runs, copy = charged_then_copied(app)
     assert runs == [10]
-    [letter] = runtime(app).store.dead_letters()
+    [letter] = dead_records(runtime(app).store)
     assert letter.task_id == copy.id and letter.reason == "key_conflict"
     assert IdempotencyKeyConflict.__name__ in (letter.error or "")
 
@@ -136,7 +137,7 @@ def test_a_key_held_with_other_arguments_is_skipped_when_told_to(app: Celery) ->
     app.conf.reliable_on_key_conflict = "skip"
     runs, copy = charged_then_copied(app)
     assert runs == [10]
-    assert runtime(app).store.dead_letters() == []
+    assert dead_records(runtime(app).store) == []
     told = story(app, copy.id)
     assert [t.state for t in told] == [State.RECEIVED, State.DEDUPLICATED]
     assert told[-1].detail is not None and told[-1].detail["key_conflict"]
@@ -230,7 +231,7 @@ def test_a_final_failure_the_dlq_queue_refuses_is_requeued_not_acknowledged(
     with caplog.at_level(logging.ERROR, logger="celery_reliable"):
         assert run_in_solo_pool(app, pay, 1) == 1  # requeued
     assert "not dead-lettered" in caplog.text and "requeued" in caplog.text
-    assert runtime(app).store.dead_letters() == []
+    assert dead_records(runtime(app).store) == []
 
 
 def test_store_and_broker_both_down_requeue_the_message(

@@ -18,6 +18,7 @@ from celery import Celery
 from celery_reliable import ReliableTask
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, flush_all, queries
+from tests.harness import dead_records
 
 entered: list[str] = []
 
@@ -93,7 +94,7 @@ def test_a_failure_inside_the_overridden_call_is_dead_lettered(app: Celery) -> N
 
     with pytest.raises(PermanentError):
         refund.apply((1,), throw=True)
-    [letter] = runtime(app).store.dead_letters()
+    [letter] = dead_records(runtime(app).store)
     assert letter.reason == "permanent_error"
     assert runtime(app).store.get_key("refund:1") is None  # released: a replay can run
 
@@ -149,5 +150,5 @@ def test_autoretry_for_stays_inside_the_claim(app: Celery) -> None:
     assert hasattr(mail, "_orig_run")  # Celery wrapped it
     assert mail.apply((3,)).get() == 3
     assert runs == [3, 3]
-    assert runtime(app).store.dead_letters() == []
+    assert dead_records(runtime(app).store) == []
     assert mail.apply((3,)).get() == 3 and runs == [3, 3]  # a copy: skipped by the claim
