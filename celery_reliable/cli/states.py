@@ -82,21 +82,24 @@ def timeline(ctx: click.Context, task_id: str | None, key: str | None, as_json: 
 def stuck(
     ctx: click.Context, older_than: float, states: tuple[str, ...], limit: int, as_json: bool
 ) -> None:
-    """Tasks in a non-terminal state for longer than --older-than seconds, oldest first."""
+    """Tasks in a non-terminal state for longer than --older-than seconds, oldest first.
+
+    Exits 1 when it finds any, so a cron job or a monitoring check can alert on it."""
     app = app_of(ctx)
     found = ask(lambda: queries.stuck(app, older_than, states or None, limit))
     now = datetime.now(timezone.utc).timestamp()
     if as_json:
         echo_json([_state_dict(c, now) for c in found])
-        return
-    if not found:
+    elif not found:
         click.echo(f"no task has been in a non-terminal state for more than {older_than:g} s")
-        return
-    click.echo(table(
-        ["task", "name", "state", "since (UTC)", "for", "attempt", "worker", "key"],
-        [[c.task_id, c.name, c.state.value, _time(c.since), f"{c.age(now):.0f}s", c.attempt,
-          c.worker, c.key] for c in found],
-    ))
+    else:
+        click.echo(table(
+            ["task", "name", "state", "since (UTC)", "for", "attempt", "worker", "key"],
+            [[c.task_id, c.name, c.state.value, _time(c.since), f"{c.age(now):.0f}s",
+              c.attempt, c.worker, c.key] for c in found],
+        ))
+    if found:
+        ctx.exit(1)
 
 
 @reliable_tasks.command()
