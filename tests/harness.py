@@ -1,4 +1,5 @@
-"""Real worker subprocesses for tests where a crash is the point.
+"""Real worker subprocesses (and Redis servers of a test's own) for tests where a crash
+is the point.
 
 Each worker is its own process group, so SIGKILL takes the main process and its
 pool children together, as the OOM killer or a node failure would.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +31,112 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
     return time.monotonic() - start
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own on a free port, run as the shared one is
+    (no persistence: a restart empties it), so a test can stop and restart it without
+    disturbing any other test."""
+
+    def __init__(self, directory: Path, binary: str = "redis-server") -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, 10, f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(
+                f"redis-server on port {self.port} exited ({self.proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Shut down (SIGTERM; without persistence every key is gone)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Producer(threading.Thread):
+    """Calls ``publish(order)`` for order 0, 1, ... about ``rate`` times a second until
+    stopped; keeps the task id of every publish that returned (one that raised, with
+    the broker down, promised nothing) and counts the others."""
+
+    def __init__(self, publish: Callable[[int], str], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.publish = publish
+        self.rate = rate
+        self.published: dict[int, str] = {}
+        self.order = 0  # the next one
+        self.refused = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(1 / self.rate):
+            try:
+                self.published[self.order] = self.publish(self.order)
+            except Exception:  # noqa: BLE001 - kombu raises many types while the broker is down
+                self.refused += 1
+            self.order += 1
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=10)
+
+
+def restart_under_load(
+    broker: RedisServer, producer: Producer, ran: Callable[[int], bool],
+    publish: Callable[[int], str], restarts: int, settle: int, probe: int = 1_000_000,
+) -> dict[int, str]:
+    """Restart ``broker`` ``restarts`` times while ``producer`` publishes.  Before each
+    restart the worker must have run (``ran(order)``) a task published ``settle``
+    publishes later, so every restart hits it busy; after each, a task published to the
+    new broker (order ``probe + n``) must run.  ``ran`` raises if the worker died.  The
+    task ids published, by order (the producer is stopped on return)."""
+    producer.start()
+    probes: dict[int, str] = {}
+    try:
+        for n in range(restarts):
+            settled = producer.order + settle
+            wait_for(lambda s=settled: ran(s), 30, f"task {settled} to run before restart {n + 1}")
+            broker.restart()
+            order = probe + n
+            # Published right after the restart: it runs only if the worker survived and
+            # its consumer reconnected.
+            probes[order] = publish(order)
+            wait_for(lambda o=order: ran(o), 30,
+                     f"the worker to consume again after restart {n + 1}")
+    finally:
+        producer.stop()
+    return {**producer.published, **probes}
 
 
 class Worker:

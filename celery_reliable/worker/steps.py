@@ -1,4 +1,5 @@
-"""Worker bootsteps: start-up checks, transport defaults, the rescuer, poison messages.
+"""Worker bootsteps: start-up checks, transport defaults and the kombu workaround, the
+rescuer, poison messages.
 
 Installed on the app by ``ReliableTask.on_bound``: defining a reliable task is
 all it takes, nothing extra to deploy.
@@ -16,7 +17,7 @@ from celery_reliable.errors import ReliableError, StoreError, StoreUnavailable
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.states import signals as observe
 from celery_reliable.states.runtime import states_of
-from celery_reliable.worker import signals, transport
+from celery_reliable.worker import kombu_compat, signals, transport
 from celery_reliable.worker.limits import apply_default_limits
 from celery_reliable.worker.rescue import Rescuer
 
@@ -45,6 +46,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         apply_default_limits(app, rt.settings, reliable)
         for line in transport.apply_defaults(app, rt.settings, reliable):
             logger.info("celery_reliable: %s", line)
+        kombu_compat.apply(app)  # before the consumer connects
         if rt.settings.record_all_tasks:  # the setting as the worker runs with it
             observe.connect()
         rt.claim_ahead.enabled = rt.settings.claim_ahead and _runs_inline(worker)
