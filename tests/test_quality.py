@@ -34,6 +34,12 @@ def test_mypy_strict() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_layers_import_only_downwards() -> None:
+    """The import contract in pyproject.toml ([tool.importlinter])."""
+    result = subprocess.run([_tool("lint-imports")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_settings_page_matches_the_settings_table() -> None:
     page = (ROOT / "docs" / "settings.md").read_text()
     assert markdown_table() in page, (

@@ -20,6 +20,7 @@ from typing import Any
 
 from celery_reliable.beat import slots
 from celery_reliable.headers import HEADER_SLOT
+from celery_reliable.identity import is_reliable
 from celery_reliable.runtime import runtime
 
 logger = logging.getLogger("celery_reliable")
@@ -47,7 +48,7 @@ class SlotKeys:
         if advance:
             entry = self.reserve(entry)  # type: ignore[attr-defined]
         task = self.app.tasks.get(entry.task)
-        if task is not None and not _is_reliable(task):
+        if task is not None and not is_reliable(task):
             return super().apply_async(  # type: ignore[misc]
                 entry, producer=producer, advance=False, **kwargs)
         now: datetime = entry.schedule.now()
@@ -66,9 +67,3 @@ class SlotKeys:
         keyed.options = {**entry.options, "headers": headers}
         return super().apply_async(  # type: ignore[misc]
             keyed, producer=producer, advance=False, **kwargs)
-
-
-def _is_reliable(task: Any) -> bool:
-    from celery_reliable.task import ReliableTask
-
-    return isinstance(task, ReliableTask)

@@ -19,6 +19,7 @@ import click
 from celery import Celery, _state
 
 from celery_reliable.errors import ReliableError
+from celery_reliable.identity import is_reliable
 from celery_reliable.runtime import runtime
 
 _FALLBACK_MAIN = "default"
@@ -43,12 +44,11 @@ def app_of(ctx: click.Context) -> Celery:
 def validate(app: Celery) -> None:
     """Raise the first configuration error of ``app``: its settings, then its tasks
     (binding them checks their key templates and options)."""
-    from celery_reliable.task import ReliableTask
 
     runtime(app)
     app.loader.import_default_modules()
     for task in list(app.tasks.values()):
-        if isinstance(task, ReliableTask):
+        if is_reliable(task):
             task.reliable_settings()
 
 

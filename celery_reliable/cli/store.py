@@ -9,6 +9,7 @@ import click
 
 from celery_reliable.cli.context import app_of
 from celery_reliable.cli.output import ask, plural
+from celery_reliable.identity import is_reliable
 from celery_reliable.runtime import runtime
 from celery_reliable.settings import rows
 from celery_reliable.states import state_store
@@ -66,9 +67,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
     ask(rt.store.ping)
     pending = ask(rt.store.pending_count)
     risks = ask(rt.store.risks)
-    from celery_reliable.task import ReliableTask
 
-    reliable = sorted(name for name, t in app.tasks.items() if isinstance(t, ReliableTask))
+    reliable = sorted(name for name, t in app.tasks.items() if is_reliable(t))
     recovery = ask(lambda: apply_defaults(app, rt.settings, [app.tasks[n] for n in reliable]))
     report = {
         "store": rt.settings.store_url,

@@ -37,6 +37,7 @@ from celery_reliable.dlq.model import (
 )
 from celery_reliable.dlq.replay import Replaying, call_of
 from celery_reliable.errors import ConfigurationError, ReliableError
+from celery_reliable.identity import is_reliable
 from celery_reliable.runtime import runtime
 from celery_reliable.states import Transition, queries
 from celery_reliable.stores.base import Store
@@ -204,11 +205,10 @@ class DeadLetters:
     # -- helpers -----------------------------------------------------------------------
     def queues(self) -> builtins.list[str]:
         """Every DLQ queue in use: the app's and the per-task ones of registered tasks."""
-        from celery_reliable.task import ReliableTask
 
         names = {runtime(self.app).settings.dlq_queue}
         for task in list(self.app.tasks.values()):
-            if isinstance(task, ReliableTask):
+            if is_reliable(task):
                 names.add(task.reliable_settings().dlq_queue)
         return sorted(names)
 

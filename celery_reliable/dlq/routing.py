@@ -36,6 +36,7 @@ from celery import Celery
 from celery_reliable.dlq.message import build
 from celery_reliable.dlq.publisher import DeadLetterPublishError, publisher
 from celery_reliable.dlq.signals import task_dead_lettered
+from celery_reliable.identity import is_reliable
 from celery_reliable.runtime import runtime
 from celery_reliable.settings import Settings
 from celery_reliable.stores.model import Failure, TaskRecord, record_queue
@@ -51,11 +52,10 @@ EAGER = "(eager)"
 
 def settings_for(app: Celery, name: str) -> Settings:
     """The settings of task ``name`` (its per-task dlq_queue/dlq_enabled), else the app's."""
-    from celery_reliable.task import ReliableTask
-
     task = app.tasks.get(name)
-    if isinstance(task, ReliableTask):
-        return task.reliable_settings()
+    if is_reliable(task):
+        settings: Settings = task.reliable_settings()
+        return settings
     return runtime(app).settings
 
 

@@ -19,7 +19,6 @@ observes.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -34,6 +33,7 @@ from celery.signals import (
 )
 
 from celery_reliable.headers import HEADER_KEY
+from celery_reliable.identity import is_reliable
 from celery_reliable.states.machine import State
 from celery_reliable.states.runtime import recorder
 
@@ -42,7 +42,7 @@ logger = logging.getLogger("celery_reliable")
 
 def _observed(task: Any) -> Celery | None:
     """The app of ``task`` when it is a plain task of an app that records all tasks."""
-    if task is None or isinstance(task, _reliable_task()):
+    if task is None or is_reliable(task):
         return None  # records itself
     app: Celery = task._get_app()
     if not app.conf.get("reliable_record_all_tasks"):
@@ -51,12 +51,6 @@ def _observed(task: Any) -> Celery | None:
 
     return app if runtime(app).settings.record_all_tasks else None
 
-
-@functools.cache
-def _reliable_task() -> type:
-    from celery_reliable.task import ReliableTask  # imports this module
-
-    return ReliableTask
 
 
 def _record(

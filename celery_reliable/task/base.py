@@ -34,6 +34,7 @@ class TaskBase(Task):  # type: ignore[misc]
     options, its settings and how a call's idempotency key is derived."""
 
     abstract = True
+    _celery_reliable_task: ClassVar[bool] = True  # celery_reliable.identity.MARK
     acks_late = True
     reject_on_worker_lost = True
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery_reliable.errors import StoreError
 from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
+from celery_reliable.identity import is_reliable
 from celery_reliable.stores.base import ClaimAnswer
 from celery_reliable.worker.owner import owner_token
 
@@ -111,10 +112,8 @@ class ClaimAhead:
 
 def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     """``task_received`` handler (connected once per process by ``worker/signals.py``)."""
-    from celery_reliable.task import ReliableTask
-
-    task = getattr(request, "task", None)
-    if isinstance(task, ReliableTask):
+    task: Any = getattr(request, "task", None)
+    if is_reliable(task):
         claims = task.reliable.claim_ahead
         if claims.enabled:
             claims.send(task, request, sender)

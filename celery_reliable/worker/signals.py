@@ -21,6 +21,7 @@ from celery_reliable.dlq import routing
 from celery_reliable.dlq.events import send_task_event
 from celery_reliable.errors import ReliableError, StoreError
 from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
+from celery_reliable.identity import is_reliable
 from celery_reliable.records import encode
 from celery_reliable.states import State, flush_all, recorder
 from celery_reliable.stores.model import Failure, TaskRecord
@@ -33,9 +34,8 @@ def on_task_revoked(
     sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
     expired: bool = False, **_: Any,
 ) -> None:
-    from celery_reliable.task import ReliableTask
 
-    if not isinstance(sender, ReliableTask) or request is None:
+    if not is_reliable(sender) or request is None:
         return
     headers = getattr(request, "headers", None) or {}
     key = headers.get(HEADER_KEY)

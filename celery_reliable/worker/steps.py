@@ -14,6 +14,7 @@ from celery import Celery, bootsteps
 
 from celery_reliable.dlq.poison import PoisonStep
 from celery_reliable.errors import ReliableError, StoreError, StoreUnavailable
+from celery_reliable.identity import is_reliable
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.states import signals as observe
 from celery_reliable.states.runtime import states_of
@@ -42,7 +43,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         app = worker.app
         rt = runtime(app)  # raises ConfigurationError on a bad reliable_* setting
         states_of(app)
-        reliable = [t for t in app.tasks.values() if _is_reliable(t)]
+        reliable = [t for t in app.tasks.values() if is_reliable(t)]
         apply_default_limits(app, rt.settings, reliable)
         for line in transport.apply_defaults(app, rt.settings, reliable):
             logger.info("celery_reliable: %s", line)
@@ -99,12 +100,6 @@ def _runs_inline(worker: Any) -> bool:
 
     pool = getattr(worker, "pool_cls", None)
     return isinstance(pool, type) and issubclass(pool, SoloPool)
-
-
-def _is_reliable(task: Any) -> bool:
-    from celery_reliable.task import ReliableTask
-
-    return isinstance(task, ReliableTask)
 
 
 def install(app: Celery) -> None:
