@@ -164,10 +164,11 @@ class Execution(Outcomes):
         store = rt.store
         heartbeat = rt.heartbeat
         heartbeat.track(Lease(key, owner, task_id), settings.lease_seconds)
+        request.reliable_lease = (key, owner)  # for retry(), which releases it first
         try:
             result = body(*args, **kwargs)
         except Retry as retry:
-            self._release(key, owner, requeued=True)
+            self._release_held(request, requeued=True)
             self._record(key, State.RETRY_SCHEDULED, detail={"countdown": retry.when})
             raise
         except Ignore:
@@ -196,6 +197,20 @@ class Execution(Outcomes):
         self._complete(rt, request, key, fingerprint, owner, result, settings)
         self._record(key, State.SUCCEEDED)
         return result
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``self.retry()``, with this delivery's lease released before Celery
+        publishes the next attempt: published first, that attempt could reach a worker
+        while this one still holds the lease and be absorbed as a copy of a running task."""
+        self._release_held(self.request, requeued=True)
+        return super().retry(*args, **kwargs)
+
+    def _release_held(self, request: Any, requeued: bool) -> None:
+        """Release the lease this delivery holds, once (``retry()`` may have already)."""
+        held = getattr(request, "reliable_lease", None)
+        if held is not None:
+            request.reliable_lease = None
+            self._release(held[0], held[1], requeued=requeued)
 
     def _report(self, breaker: BreakerCheck | None, exc: Exception | None) -> None:
         """Tell the dependency's breaker how the call went (transient failures count)."""
@@ -230,8 +245,12 @@ class Execution(Outcomes):
         attempt = (self.request.retries or 0) + 1
         decision = self.retry_policy(settings).decide(exc, attempt)
         if decision.verdict is Verdict.RETRY:
-            retry = self._republish(decision.delay, exc=exc, next_attempt=True)
+            # Released before the next attempt is published: published first, it could
+            # reach a worker while this one still holds the lease, be absorbed as a copy
+            # of a running task, and wait for the rescuer.  (If the publish then fails,
+            # this message is requeued and its redelivery finds the key free.)
             self._release(key, owner, requeued=True)
+            retry = self._republish(decision.delay, exc=exc, next_attempt=True)
             self._record(key, State.RETRY_SCHEDULED, error=exc,
                          detail={"countdown": round(decision.delay, 3)})
             self.reliable.count("retried")

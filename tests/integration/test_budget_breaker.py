@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tests.harness import wait_for
+from tests.harness import dead_records, wait_for
 from tests.shopfixture import Shop
 
 N = 40
@@ -20,16 +20,16 @@ def test_retry_storm_stays_within_the_budget(make_shop: Callable[..., Shop]) -> 
     handles = [task.delay(n) for n in range(N)]
     started = time.monotonic()
     with shop.worker(), shop.worker():  # two workers share the budget
-        wait_for(lambda: len(shop.store.dead_letters(limit=1000)) == N, 90,
+        wait_for(lambda: len(dead_records(shop.store, limit=1000)) == N, 90,
                  "every task to end dead-lettered")
     elapsed = time.monotonic() - started
     retries = shop.counter.total("start") - N
     budget = 0.2 * N + 0.1 * 10 * max(1.0, elapsed / 10)
     assert 0 < retries <= budget, f"{retries} retries for a budget of {budget:.1f}"
-    reasons = {letter.reason for letter in shop.store.dead_letters(limit=1000)}
+    reasons = {letter.reason for letter in dead_records(shop.store, limit=1000)}
     assert reasons <= {"retry_budget_exhausted", "attempts_exhausted"}
     assert "retry_budget_exhausted" in reasons
-    assert {h.id for h in handles} == {r.task_id for r in shop.store.dead_letters(limit=1000)}
+    assert {h.id for h in handles} == {r.task_id for r in dead_records(shop.store, limit=1000)}
     assert shop.store.pending_count() == 0
 
 

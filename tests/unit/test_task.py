@@ -439,3 +439,61 @@ def test_a_hash_key_and_the_fingerprint_share_one_serialization(
     monkeypatch.setattr(keys, "canonical", counted)
     assert import_batch.key_for((rows,), {}) == expected
     assert len(calls) == 1
+
+
+def test_a_retry_is_published_after_its_lease_is_released(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Published first, the next attempt could reach another worker while this one
+    still holds the lease: it would be absorbed as a copy of a running task."""
+    from celery_reliable.task.outcomes import Outcomes
+
+    app.conf.reliable_retry_backoff_base = 0
+    seen: list[str | None] = []
+    republish = Outcomes._republish
+
+    def watching(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = runtime(app).store.get_key("flaky:1")
+        seen.append(state.state if state is not None else None)
+        return republish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Outcomes, "_republish", watching)
+    runs: list[int] = []
+
+    @app.task(base=ReliableTask, retry_on=(ConnectionError,), idempotency_key="flaky:{n}",
+              shared=False)
+    def flaky(n: int) -> int:
+        runs.append(n)
+        if len(runs) == 1:
+            raise ConnectionError("timeout")
+        return n
+
+    assert flaky.apply((1,)).get() == 1
+    assert seen == ["queued"]  # released (requeued) when the next attempt went out
+
+
+def test_self_retry_releases_the_lease_before_celery_publishes_the_next_attempt(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.app.task import Task
+
+    seen: list[str | None] = []
+    celery_retry = Task.retry
+
+    def watching(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = runtime(app).store.get_key("poll:1")
+        seen.append(state.state if state is not None else None)
+        return celery_retry(self, *args, **kwargs)
+
+    monkeypatch.setattr(Task, "retry", watching)
+    runs: list[int] = []
+
+    @app.task(base=ReliableTask, bind=True, idempotency_key="poll:{n}", shared=False)
+    def poll(self: ReliableTask, n: int) -> int:
+        runs.append(n)
+        if len(runs) == 1:
+            raise self.retry(countdown=0)
+        return n
+
+    assert poll.apply((1,)).get() == 1
+    assert runs == [1, 1] and seen == ["queued"]
