@@ -173,6 +173,41 @@ def check_template(template: str, fun: Callable[..., Any], task_name: str) -> No
             )
 
 
+def check_excluded(
+    names: str | Sequence[str], fun: Callable[..., Any], task_name: str
+) -> tuple[str, ...]:
+    """The names of ``fingerprint_exclude``, refused at task definition unless the task
+    takes each of them (a typo would leave the argument in, and the conflict with it)."""
+    excluded = (names,) if isinstance(names, str) else tuple(names)
+    for name in excluded:
+        if not isinstance(name, str):
+            raise IdempotencyKeyError(
+                f"fingerprint_exclude of {task_name} must name arguments (strings), got "
+                f"{name!r}"
+            )
+    try:
+        params = inspect.signature(fun).parameters
+    except (TypeError, ValueError):
+        return excluded
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return excluded
+    for name in excluded:
+        if name not in params:
+            raise IdempotencyKeyError(
+                f"fingerprint_exclude of {task_name} names {name!r}, but {task_name} takes "
+                f"({', '.join(params) or 'no arguments'}); use one of those names"
+            )
+    return excluded
+
+
+def identity(arguments: Mapping[str, Any], excluded: Sequence[str]) -> Mapping[str, Any]:
+    """The arguments that stand for the outcome: all but the ``excluded`` ones, which
+    neither the fingerprint nor an :data:`ARGUMENTS` key sees."""
+    if not excluded:
+        return arguments
+    return {name: value for name, value in arguments.items() if name not in excluded}
+
+
 def derive_key(
     task_name: str,
     source: KeySource,

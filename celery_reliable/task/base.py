@@ -43,6 +43,10 @@ class TaskBase(Task):  # type: ignore[misc]
     #: a call is then its publish (the task id)
     key_source: ClassVar[Any] = None
     idempotency_key: Any = _CurrentKey()
+    #: arguments that do not change the outcome (``slow``, ``trace_id``): left out of the
+    #: fingerprint and of an :data:`~celery_reliable.ARGUMENTS` key, so two calls that
+    #: differ only there are the same call (a template or callable still sees them)
+    fingerprint_exclude: ClassVar[Sequence[str]] = ()
 
     #: transient exception types (retried with backoff), and permanent ones (never retried)
     retry_on: Sequence[type[BaseException]] = ()
@@ -100,8 +104,13 @@ class TaskBase(Task):  # type: ignore[misc]
                     f"{option}=True: without it a crashed worker loses the task. Remove the "
                     "option, or do not use ReliableTask for this task"
                 )
-        if isinstance(cls.key_source, str) and "run" in cls.__dict__:
-            keys.check_template(cls.key_source, _run_signature_target(cls), name)
+        if "run" in cls.__dict__:
+            target = _run_signature_target(cls)
+            if isinstance(cls.key_source, str):
+                keys.check_template(cls.key_source, target, name)
+            if cls.fingerprint_exclude:
+                cls.fingerprint_exclude = keys.check_excluded(
+                    cls.fingerprint_exclude, target, name)
         install(app)
 
     # -- settings ---------------------------------------------------------------
@@ -134,13 +143,14 @@ class TaskBase(Task):  # type: ignore[misc]
         without it the task's own source decides, and a task that declares none is
         keyed by ``task_id``, its publish."""
         arguments = keys.bind_arguments(self.run, args, kwargs)
-        text = keys.canonical(arguments)  # once: the fingerprint and a hash key share it
-        fingerprint = keys.fingerprint(arguments, text)
-        if key is keys.ARGUMENTS:
-            return keys.argument_key(self.name, arguments, text), fingerprint
+        identity = keys.identity(arguments, self.fingerprint_exclude)
+        text = keys.canonical(identity)  # once: the fingerprint and a hash key share it
+        fingerprint = keys.fingerprint(identity, text)
+        source: Any = self.key_source if key is None else key
+        if source is keys.ARGUMENTS:
+            return keys.argument_key(self.name, identity, text), fingerprint
         if key is not None:
             return keys.validate_key(key, self.name), fingerprint
-        source: Any = self.key_source
         if isinstance(source, _MethodKey):
             source = functools.partial(source.method, self)
         key = keys.derive_key(self.name, source, arguments, args, kwargs, text, task_id)

@@ -23,7 +23,7 @@ from celery_reliable.spelling import Spelling
 #: options a task class carries besides the per-task settings
 _CLASS_OPTIONS = frozenset({
     "idempotency_key", "key_source", "retry_on", "permanent_on", "retry_classifier",
-    "dependency", "deadline",
+    "dependency", "deadline", "fingerprint_exclude",
 })
 
 #: Celery's task options that are not attributes of ``celery.Task`` (read with
