@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 from celery import Celery, Task
 
 from celery_reliable import keys
-from celery_reliable.errors import ConfigurationError
+from celery_reliable.errors import ConfigurationError, ReliableError
 from celery_reliable.headers import HEADER_KEY
 from celery_reliable.retry.policy import Classifier
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.settings import Settings, per_task_names
-from celery_reliable.task import options
+from celery_reliable.task import definition, options
 from celery_reliable.task.guard import unwrap
 
 
@@ -47,6 +47,9 @@ class TaskBase(Task):  # type: ignore[misc]
     #: fingerprint and of an :data:`~celery_reliable.ARGUMENTS` key, so two calls that
     #: differ only there are the same call (a template or callable still sees them)
     fingerprint_exclude: ClassVar[Sequence[str]] = ()
+    #: what was wrong with this task's definition when a worker started (see
+    #: task/definition.py): raised by every call of :meth:`key_for`
+    definition_error: ClassVar[ReliableError | None] = None
 
     #: transient exception types (retried with backoff), and permanent ones (never retried)
     retry_on: Sequence[type[BaseException]] = ()
@@ -78,7 +81,10 @@ class TaskBase(Task):  # type: ignore[misc]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        options.check(cls)  # a typo of an option must not run the task with the default
+        try:
+            options.check(cls)  # a typo of an option must not run the task with the default
+        except ReliableError as exc:  # ``app``: set by the decorator (a worker's finalize)
+            definition.refuse(cls.__dict__.get("app"), cls, exc)
         # Celery sets decorator options as class attributes: move a template or
         # callable given as ``idempotency_key`` aside and keep the descriptor.
         source = cls.__dict__.get("idempotency_key")
@@ -96,6 +102,15 @@ class TaskBase(Task):  # type: ignore[misc]
         """Checks at definition time, and the worker bootsteps installed on the app."""
         from celery_reliable.worker.steps import install
 
+        try:
+            cls._check_definition()
+        except ReliableError as exc:
+            definition.refuse(app, cls, exc)
+        install(app)
+
+    @classmethod
+    def _check_definition(cls) -> None:
+        """Refuse forced options turned off, a bad key template or exclusion."""
         name = cls.__dict__.get("name") or cls.__name__
         for option in ("acks_late", "reject_on_worker_lost"):
             if getattr(cls, option) is not True:
@@ -111,7 +126,6 @@ class TaskBase(Task):  # type: ignore[misc]
             if cls.fingerprint_exclude:
                 cls.fingerprint_exclude = keys.check_excluded(
                     cls.fingerprint_exclude, target, name)
-        install(app)
 
     # -- settings ---------------------------------------------------------------
     @property
@@ -142,6 +156,8 @@ class TaskBase(Task):  # type: ignore[misc]
         ``key``: the per-call option (a key, or :data:`~celery_reliable.ARGUMENTS`);
         without it the task's own source decides, and a task that declares none is
         keyed by ``task_id``, its publish."""
+        if self.definition_error is not None:
+            raise self.definition_error
         arguments = keys.bind_arguments(self.run, args, kwargs)
         identity = keys.identity(arguments, self.fingerprint_exclude)
         text = keys.canonical(identity)  # once: the fingerprint and a hash key share it

@@ -13,11 +13,17 @@ from typing import Any
 from celery import Celery, bootsteps
 
 from celery_reliable.dlq.poison import PoisonStep
-from celery_reliable.errors import ReliableError, StoreError, StoreUnavailable
+from celery_reliable.errors import (
+    ConfigurationError,
+    ReliableError,
+    StoreError,
+    StoreUnavailable,
+)
 from celery_reliable.identity import is_reliable
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.states import signals as observe
 from celery_reliable.states.runtime import states_of
+from celery_reliable.task import definition
 from celery_reliable.worker import kombu_compat, signals, transport
 from celery_reliable.worker.limits import apply_default_limits
 from celery_reliable.worker.rescue import Rescuer
@@ -41,6 +47,10 @@ class ReliableWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _set_up(self, worker: Any) -> None:
         app = worker.app
+        errors = definition.kept(app)  # met when the worker finalized the app
+        if errors:
+            raise errors[0] if len(errors) == 1 else ConfigurationError(
+                "; ".join(str(error) for error in errors))
         rt = runtime(app)  # raises ConfigurationError on a bad reliable_* setting
         states_of(app)
         reliable = [t for t in app.tasks.values() if is_reliable(t)]

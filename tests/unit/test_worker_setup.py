@@ -98,3 +98,43 @@ def test_a_bad_setting_stops_the_worker_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert ("celery_reliable: the worker cannot start: unknown setting "
             "reliable_lease_second; did you mean reliable_lease_seconds?") in done.stderr
+
+
+def test_a_bad_task_definition_stops_the_worker_with_one_line(tmp_path: Path) -> None:
+    """The real ``celery worker``: Celery finalizes the app (where a task's key template
+    and options are checked) before any bootstep; the error is still one line naming the
+    task and the fix, not the start-up traceback."""
+    (tmp_path / "bad_tasks.py").write_text(
+        "from celery import Celery\n"
+        "from celery_reliable import ReliableTask\n"
+        "app = Celery('bad_tasks', broker='memory://')\n"
+        "app.conf.reliable_store_url = 'memory://'\n"
+        "@app.task(base=ReliableTask, idempotency_key='receipt:{order}')\n"
+        "def send_receipt(order_id):\n"
+        "    pass\n"
+        "@app.task(base=ReliableTask, lease_second=5)\n"
+        "def refund(order_id):\n"
+        "    pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
+    celery = Path(sys.executable).with_name("celery")
+    done = subprocess.run([str(celery), "-A", "bad_tasks", "worker", "-P", "solo"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if "celery_reliable" in line]
+    assert line.startswith("celery_reliable: the worker cannot start: ")
+    assert ("idempotency_key template 'receipt:{order}' names 'order', but "
+            "bad_tasks.send_receipt takes (order_id); use one of those names") in line
+    assert "sets lease_second=5, which is not a ReliableTask option; did you mean " \
+           "lease_seconds?" in line
+
+
+def test_outside_a_worker_a_bad_definition_raises_at_once(app: Celery) -> None:
+    from celery_reliable import IdempotencyKeyError
+
+    @app.task(base=ReliableTask, shared=False, idempotency_key="receipt:{order}")
+    def send_receipt(order_id: int) -> None: ...
+
+    with pytest.raises(IdempotencyKeyError, match="names 'order'"):
+        app.finalize()
