@@ -317,6 +317,13 @@ class Store(abc.ABC):
         schema."""
         return Migration()
 
+    def drop(self) -> None:
+        """Delete everything stored under this store's prefix: keys, task records, dead
+        letters, budgets, breakers and recorded states (SQL: drop the prefix's tables,
+        so a later use needs ``migrate()`` again).  Irreversible; for tests
+        (:mod:`celery_reliable.testing` gives each test a prefix and drops it) and for
+        retiring a namespace.  The memory store just empties itself."""
+
     def close(self) -> None:
         """Release connections."""
 

@@ -290,5 +290,15 @@ class MemoryStore(Store):
         with self._lock:
             return len(self._due)
 
+    def drop(self) -> None:
+        with self._lock:
+            self._keys.clear()
+            self._records.clear()
+            self._due.clear()
+            self._dead.clear()
+            self._budget.clear()
+            self._breakers.clear()
+            self._sweeper = None
+
     def ping(self) -> None:
         return None

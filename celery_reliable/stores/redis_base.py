@@ -160,6 +160,21 @@ class RedisBase(Store):
             int(memory.get("maxmemory", 0) or 0), appendonly, save,
         )
 
+    def drop(self) -> None:
+        # Every key is {prefix:...} (keys, records, budgets, breakers, states) or
+        # {prefix}:... (the sweeper lease); SCAN, so a big database is not blocked.
+        prefix = _glob_escaped(self.prefix)
+        with _guard(self.safe_url):
+            for pattern in (f"{{{prefix}:*", f"{{{prefix}}}:*"):
+                batch: list[str] = []
+                for name in self.client.scan_iter(match=pattern, count=1000):
+                    batch.append(name)
+                    if len(batch) == 500:
+                        self.client.unlink(*batch)
+                        batch = []
+                if batch:
+                    self.client.unlink(*batch)
+
     def close(self) -> None:
         self._caller.close()
         self.client.close()
@@ -222,3 +237,8 @@ def record_of(task_id: str, v: Mapping[Any, Any]) -> TaskRecord:
 @functools.cache
 def _lua(name: str) -> str:
     return (resources.files("celery_reliable.stores") / "lua" / f"{name}.lua").read_text()
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally by a Redis glob (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -426,6 +426,11 @@ class SQLStore(SQLDeadLetters, SQLLimits):
         self._schema_checked = True
         return done
 
+    def drop(self) -> None:
+        with self._guard():
+            self.schema.metadata.drop_all(self.engine)
+        self._schema_checked = False
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -591,3 +591,47 @@ def test_delete_dead_letters(any_store: Store) -> None:
 def test_bad_cursor_is_a_value_error(any_store: Store) -> None:
     with pytest.raises(ValueError):
         any_store.list_dead_letters(DeadLetterQuery(), cursor="nonsense")
+
+
+def test_drop_forgets_the_prefix_and_nothing_else(
+    any_store: Store, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """What celery_reliable.testing calls after each test: keys, records, dead letters,
+    limits and states of the prefix go; another prefix on the same server stays."""
+    from celery_reliable.states import State, Transition
+    from celery_reliable.states.stores import state_store_on
+    from tests.conftest import drop_tables, make_store
+
+    kind = request.node.callspec.params["any_store"]
+    other: Store | None = None
+    if kind == "fakeredis":  # a second prefix on the same (fake) server
+        from celery_reliable.stores.redis import RedisStore
+
+        other = RedisStore("redis://fake", prefix="o" + uuid.uuid4().hex[:10],
+                           client=any_store.client)  # type: ignore[attr-defined]
+    elif kind != "memory":  # memory: nothing is shared between two stores anyway
+        other = make_store(kind, "o" + uuid.uuid4().hex[:10], tmp_path_factory)
+    rec = record("drop:1")
+    try:
+        for store in filter(None, [any_store, other]):
+            store.publish(rec, 60, dedupe=True)
+            store.dead_letter(rec.task_id, "drop:1", "permanent_error", "no")
+            store.claim("drop:2", FP, "t-done", "owner", 30, max_lost=3)
+            store.complete("drop:2", FP, "owner", "t-done", None, retention=60)
+            store.budget_deposit("mailer", 3)
+            store.breaker_report("mailer", False, 5, 30)
+            state_store_on(store).record([Transition(
+                rec.task_id, "shop.x", "drop:1", State.PENDING, 1, None, time.time())])
+        any_store.drop()
+        any_store.migrate()  # SQL: the tables are gone; a later user migrates again
+        assert any_store.get_key("drop:2") is None
+        assert dead_records(any_store) == [] and any_store.pending_count() == 0
+        if kind != "memory":  # the memory state store is an object of its own
+            assert state_store_on(any_store).timeline(rec.task_id) == []
+        if other is not None:
+            assert other.get_key("drop:2") is not None and len(dead_records(other)) == 1
+            assert len(state_store_on(other).timeline(rec.task_id)) == 1
+    finally:
+        if other is not None:
+            drop_tables(other)
+            other.close()
