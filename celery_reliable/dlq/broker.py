@@ -27,11 +27,12 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from celery import Celery
 
-from celery_reliable.dlq.message import DeadLetterMessage, Unreadable, parse
+from celery_reliable.dlq.message import H_TASK_ID, DeadLetterMessage, Unreadable, parse
 from celery_reliable.dlq.publisher import dlq_connection, dlq_queue
 
 
@@ -90,23 +91,7 @@ def sweep(app: Celery, queue: str, remove: Callable[[Taken], bool]) -> SweepResu
 
 #: One call looks at this many messages (keeps each script short).
 _ROTATE_BATCH = 1000
-_ROTATE = """
-local drop = {}
-for i = 2, #ARGV do drop[ARGV[i]] = true end
-local removed = 0
-for _ = 1, tonumber(ARGV[1]) do
-  local item = redis.call('RPOP', KEYS[1])
-  if not item then break end
-  local ok, msg = pcall(cjson.decode, item)
-  local id = nil
-  if ok and type(msg) == 'table' and type(msg.headers) == 'table' then
-    id = msg.headers['x-reliable-task-id']
-  end
-  if id and drop[id] then removed = removed + 1 else redis.call('LPUSH', KEYS[1], item) end
-end
-return removed
-"""
-
+_ROTATE = (resources.files("celery_reliable.dlq") / "lua" / "rotate.lua").read_text()
 
 def remove_by_task_id(app: Celery, queue: str, task_ids: set[str]) -> int:
     """Take the dead letters of ``task_ids`` off ``queue`` (every copy); how many."""
@@ -126,7 +111,7 @@ def _rotate(client: Any, key: str, task_ids: set[str]) -> int:
     ids = sorted(task_ids)
     while left > 0:
         n = min(left, _ROTATE_BATCH)
-        removed += int(rotate(keys=[key], args=[n, *ids]))
+        removed += int(rotate(keys=[key], args=[n, H_TASK_ID, *ids]))
         left -= n
     return removed
 
