@@ -64,7 +64,15 @@ def reliable_store_url(request: pytest.FixtureRequest) -> str:
 def reliable_celery_app(request: pytest.FixtureRequest) -> Celery:
     """Your Celery app: override this fixture to return it.  The default is the
     ``celery_app`` fixture of :mod:`celery.contrib.pytest`."""
-    app: Celery = request.getfixturevalue("celery_app")
+    try:
+        app: Celery = request.getfixturevalue("celery_app")
+    except pytest.FixtureLookupError:
+        pytest.fail(
+            "the reliable fixtures need your Celery app: define a fixture "
+            "reliable_celery_app in conftest.py that returns it (or leave "
+            "celery.contrib.pytest's celery_app available: do not block plugin 'celery')",
+            pytrace=False,
+        )
     return app
 
 

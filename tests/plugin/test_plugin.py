@@ -103,3 +103,50 @@ def test_own_fixtures(app, prefix, request):
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_without_an_override_the_app_is_celery_contrib_pytests_celery_app(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_default='''
+from celery_reliable import ReliableTask
+
+def test_default_app(reliable, reliable_app, celery_app):
+    assert reliable_app is celery_app
+
+    @reliable_app.task(base=ReliableTask, idempotency_key="k:{n}", shared=False)
+    def double(n):
+        return 2 * n
+
+    with reliable.worker():
+        assert double.delay(21).get(timeout=10) == 42
+        reliable.assert_ran_once(key="k:21")
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_without_pytest_celery_celery_contrib_pytest_is_registered_for_its_celery_app(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No plugin but ours loaded (as when pytest-celery is not installed): the plugin
+    registers celery.contrib.pytest, so the default app still exists."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_alone='''
+def test_alone(reliable_app, request):
+    assert request.config.pluginmanager.get_plugin("celery") is None
+    assert reliable_app.conf.broker_url == "memory://"
+''')
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "celery_reliable.testing.plugin")
+    result.assert_outcomes(passed=1)
+
+
+def test_no_app_at_all_says_which_fixture_to_write(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_no_app='''
+def test_no_app(reliable):
+    pass
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:celery")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*define a fixture reliable_celery_app in conftest.py*"])
