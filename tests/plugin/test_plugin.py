@@ -48,11 +48,17 @@ def test_expects_a_dead_letter_that_is_not_there(reliable, reliable_worker):
     result = send_receipt.delay(14)
     reliable.assert_dead_lettered(result, timeout=5)
 
+def test_expects_once_but_the_retention_window_ended(reliable_eager, reliable_clock):
+    send_receipt.delay(16)
+    reliable_clock.advance(86_401)  # past reliable_retention: the key may run again
+    send_receipt.delay(16)
+    reliable_eager.assert_ran_once(key="receipt:16")
+
 def test_waits_without_a_worker(reliable):
     reliable.assert_ran_once(send_receipt.delay(15), timeout=0.3)
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(failed=4)
+    result.assert_outcomes(failed=5)
     result.stdout.fnmatch_lines([
         "*timeline of conftest.send_receipt[[]*] (key 'receipt:13') differs",
         "*  expected: RECEIVED → STARTED → SUCCEEDED",
@@ -71,6 +77,14 @@ def test_waits_without_a_worker(reliable):
         " entry for that task.",
         "*the DLQ is empty",
         "*SUCCEEDED*",
+    ])
+    result.stdout.fnmatch_lines([
+        "*expected key 'receipt:16' to run to success once; it succeeded 2 times (2 task(s))."
+        " Its timeline:",
+        "*+  0.000s  ????????  RECEIVED         attempt 1*",
+        "*????????  SUCCEEDED        attempt 1*",
+        "*????????  RECEIVED         attempt 1*",
+        "*????????  SUCCEEDED        attempt 1*",
     ])
     result.stdout.fnmatch_lines([
         "*conftest.send_receipt[[]*] (key 'receipt:15') did not reach a terminal state"
