@@ -78,6 +78,19 @@ def _rate(value: str | None) -> float | None:
     return rate
 
 
+def _json(value: str | None, kind: type, option: str, shape: str) -> Any:
+    """A JSON option (``--args``, ``--kwargs``) of the expected ``kind``."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc}): give {shape}", param_hint=option) from None
+    if not isinstance(parsed, kind):
+        raise click.BadParameter(f"{value!r}: give {shape}", param_hint=option)
+    return parsed
+
+
 def _time(at: float | None) -> str:
     if not at:
         return ""
@@ -213,18 +226,25 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
 @click.option("--rate", help="At most N entries per second, e.g. 50/s.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many entries.")
 @click.option("--force", is_flag=True, help="Replay entries already replayed, too.")
+@click.option("--args", "new_args", metavar="JSON",
+              help="One entry only: its corrected positional arguments, a JSON list.")
+@click.option("--kwargs", "new_kwargs", metavar="JSON",
+              help="One entry only: corrected arguments by name, a JSON object.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def replay(ctx: click.Context, /, task_ids: tuple[str, ...], since: str | None,
            until: str | None, everything: bool, dry_run: bool, to_queue: str | None,
-           rate: str | None, limit: int | None, force: bool, as_json: bool,
-           **given: Any) -> None:
-    """Publish dead letters again: same task id and key, attempts from 1."""
+           rate: str | None, limit: int | None, force: bool, new_args: str | None,
+           new_kwargs: str | None, as_json: bool, **given: Any) -> None:
+    """Publish dead letters again: same task id and key, attempts from 1 (one entry
+    with corrected arguments: --args/--kwargs)."""
     ids, query = _selection(task_ids, everything, _query(since, until, **given))
     per_second = _rate(rate)
+    args = _json(new_args, list, "--args", "a JSON list, e.g. '[42, \"a@b.c\"]'")
+    kwargs = _json(new_kwargs, dict, "--kwargs", "a JSON object, e.g. '{\"email\": \"a@b.c\"}'")
     result = ask(lambda: _letters(ctx).replay(
         ids, query, to_queue=to_queue, rate=per_second, limit=limit, force=force,
-        dry_run=dry_run))
+        dry_run=dry_run, args=args, kwargs=kwargs))
     found = (result.replayed or result.would_replay or result.skipped or result.refused
              or result.failed)
     if result.missing and not found:

@@ -17,7 +17,7 @@ import builtins
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +25,7 @@ from celery import Celery
 
 from celery_reliable import records
 from celery_reliable.dlq import broker, retention
+from celery_reliable.dlq.corrections import Correction, correct
 from celery_reliable.dlq.message import UNREADABLE_REASONS, DeadLetterMessage
 from celery_reliable.dlq.model import (
     CheckResult,
@@ -141,6 +142,7 @@ class DeadLetters:
         self, task_ids: Sequence[str] | None = None, query: DeadLetterQuery | None = None, *,
         to_queue: str | None = None, rate: float | None = None, limit: int | None = None,
         force: bool = False, dry_run: bool = False,
+        args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
     ) -> ReplayResult:
         """Publish the entries' tasks again: same task id and idempotency key, attempts
         from 1, to their original queue or ``to_queue``; their messages leave the DLQ
@@ -148,13 +150,19 @@ class DeadLetters:
 
         An entry replayed since it was dead-lettered is skipped unless ``force``, so
         replaying twice publishes once.  ``rate``: entries per second at most.
+
+        ``args``/``kwargs``: replay one entry (``task_ids`` names exactly one) with
+        corrected arguments: ``args`` replace its positional arguments, ``kwargs`` set
+        the named ones; the timeline's REPLAYED says which changed
+        (:mod:`celery_reliable.dlq.corrections`).
         """
         _check_selection(task_ids, query, limit, rate)
         result = ReplayResult()
         started = time.monotonic()
+        corrections = self._corrections(task_ids, args, kwargs)
         letters = self._select(task_ids, query, limit, result.missing, unresolved=not force)
         replaying = Replaying(self.app, self.store, force=force, to_queue=to_queue, rate=rate,
-                              started=started)
+                              started=started, corrections=corrections)
         for batch in _chunks(letters, BATCH):
             if dry_run:
                 result.would_replay += [e.task_id for e in batch if force or not e.replayed]
@@ -165,6 +173,28 @@ class DeadLetters:
             result.removed_from_queue = self._remove_messages(set(result.replayed))
         result.seconds = time.monotonic() - started
         return result
+
+    def _corrections(
+        self, task_ids: Sequence[str] | None, args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+    ) -> dict[str, Correction]:
+        """The corrected call of the one entry named, when arguments are given."""
+        if args is None and kwargs is None:
+            return {}
+        if task_ids is None or len(set(task_ids)) != 1:
+            raise ConfigurationError(
+                "corrected arguments replay one entry: name its task id alone "
+                "(replay([task_id], kwargs=...), or `reliable-dlq replay ID --kwargs ...`); a "
+                "replay of several entries, filters or --all keeps each entry's arguments")
+        if args is not None and (isinstance(args, (str, bytes, Mapping))
+                                 or not isinstance(args, Sequence)):
+            raise ConfigurationError(f"args must be a list of arguments, got {args!r}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise ConfigurationError(f"kwargs must be a mapping of names, got {kwargs!r}")
+        letter = self.store.get_dead_letter(task_ids[0])
+        if letter is None:
+            return {}  # reported as missing, as for any replay
+        return {letter.task_id: correct(self.app, letter, args, kwargs)}
 
     # -- purge -------------------------------------------------------------------------
     def purge(

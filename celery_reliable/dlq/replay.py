@@ -29,11 +29,12 @@ from kombu import serialization
 
 from celery_reliable import records
 from celery_reliable.dlq import routing
+from celery_reliable.dlq.corrections import Correction
 from celery_reliable.dlq.events import send_task_event
 from celery_reliable.dlq.message import UNREADABLE_REASONS
 from celery_reliable.dlq.model import ReplayResult
 from celery_reliable.errors import ReliableError
-from celery_reliable.headers import HEADER_DEFERS
+from celery_reliable.headers import HEADER_DEFERS, HEADER_FINGERPRINT
 from celery_reliable.runtime import runtime
 from celery_reliable.states import TERMINAL, State, Transition, recorder, state_store
 from celery_reliable.states.runtime import states_of
@@ -60,8 +61,11 @@ class Replaying:
     def __init__(
         self, app: Celery, store: Store, *, force: bool, to_queue: str | None,
         rate: float | None, started: float,
+        corrections: dict[str, Correction] | None = None,
     ) -> None:
         self.app = app
+        #: task id -> the corrected arguments its replay publishes
+        self.corrections = corrections or {}
         self.store = store
         self.force = force
         self.to_queue = to_queue
@@ -111,11 +115,16 @@ class Replaying:
         options: dict[str, Any],
     ) -> Call:
         """The call a replay publishes: the original one without what belonged to the
-        failed run (retries, its own headers), to ``to_queue`` if given."""
+        failed run (retries, its own headers), to ``to_queue`` if given, with its
+        corrected arguments and their fingerprint if it has any."""
         to_queue = self.to_queue
         options = {k: v for k, v in options.items() if k not in _REPLAY_DROPPED_OPTIONS}
         options["headers"] = {k: v for k, v in (options.pop("headers", None) or {}).items()
                               if k not in _REPLAY_DROPPED_HEADERS}
+        correction = self.corrections.get(letter.task_id)
+        if correction is not None:
+            args, kwargs = correction.args, correction.kwargs
+            options["headers"][HEADER_FINGERPRINT] = correction.fingerprint
         if to_queue:
             for name in ("queue", "exchange", "routing_key", "exchange_type"):
                 options.pop(name, None)
@@ -140,7 +149,8 @@ class Replaying:
             if settings.persist_on_publish:
                 record, _ = records.encode(
                     self.app, name=r.name, task_id=r.task_id, key=r.key,
-                    fingerprint=r.fingerprint, args=args, kwargs=kwargs, options=options,
+                    fingerprint=options["headers"].get(HEADER_FINGERPRINT, r.fingerprint),
+                    args=args, kwargs=kwargs, options=options,
                 )
                 wait = self._planned(len(result.replayed) + n) - now
                 fresh.append((record, settings.rescue_after + max(0.0, wait)))
@@ -170,7 +180,8 @@ class Replaying:
         self.app.send_task(r.name, args, kwargs, task_id=r.task_id, headers=headers,
                            retries=0, add_to_parent=False, producer=producer, **options)
         send_task_event(self.app, "replayed", r.task_id, idempotency_key=r.key,
-                        replay=letter.replays + 1, to_queue=self.to_queue)
+                        replay=letter.replays + 1, to_queue=self.to_queue,
+                        **self._changed(letter.task_id))
 
     def _record_replayed(self, letters: list[DeadLetter]) -> None:
         """Write REPLAYED before publishing: the worker's RECEIVED must find it there
@@ -183,7 +194,8 @@ class Replaying:
         batch = [
             Transition(e.task_id, e.record.name, e.record.key, State.REPLAYED,
                        detail={"replay": e.replays + 1,
-                               **({"to_queue": to_queue} if to_queue else {})})
+                               **({"to_queue": to_queue} if to_queue else {}),
+                               **self._changed(e.task_id)})
             for e in letters
             if not e.replayed  # a forced second replay: REPLAYED -> REPLAYED is no move
         ]
@@ -210,6 +222,12 @@ class Replaying:
         except ReliableError as exc:
             runtime(self.app).count("state_error")
             logger.warning("could not record %d replays in the state store: %s", len(batch), exc)
+
+    def _changed(self, task_id: str) -> dict[str, list[str]]:
+        """``arguments_changed``: the names (never the values: they may be personal
+        data) of the arguments a corrected replay changed."""
+        correction = self.corrections.get(task_id)
+        return {} if correction is None else {"arguments_changed": list(correction.changed)}
 
     def _failed(self, letter: DeadLetter, exc: Exception) -> None:
         """Take the replay back: the entry is unreplayed again, and so is its state."""

@@ -44,6 +44,11 @@ def publish(
     # by its claim.  A running key is left to its owner (a retry re-persists).
     if current is None or current.state == "dead":
         return PublishDecision(new, KeyState("queued", fingerprint, task_id))
+    if (current.state == "queued" and current.task_id == task_id
+            and current.fingerprint != fingerprint):
+        # The same task published again with other arguments (a replay with corrected
+        # ones): its newest arguments are the task's, and older copies are superseded.
+        return PublishDecision(new, replace(current, fingerprint=fingerprint))
     return PublishDecision(new)
 
 
@@ -102,6 +107,10 @@ def claim(
                              forget_key=current is not None)
     if current is not None:
         if current.fingerprint != fingerprint:
+            if current.task_id == task_id:
+                # This very task, published again with other arguments since this copy
+                # (a replay with corrected ones): the copy is stale, nothing is written.
+                return ClaimDecision(Claim(ClaimStatus.SUPERSEDED, task_id))
             return ClaimDecision(Claim(ClaimStatus.CONFLICT, current.task_id))
         if current.state == "done":
             done = Claim(ClaimStatus.DONE, current.task_id, current.result)

@@ -25,6 +25,10 @@ class ClaimStatus(str, enum.Enum):
     """The key was used with different arguments (fingerprint mismatch)."""
     LOST_TOO_OFTEN = "lost_too_often"
     """Its runs were lost with their worker ``max_lost`` times: dead-letter, never run again."""
+    SUPERSEDED = "superseded"
+    """The key is held (queued, running or done) by this very task id with other
+    arguments: the task was published again with corrected ones (a replay) after
+    this copy; absorbed, never run, nothing written."""
     DEAD_LETTERED = "dead_lettered"
     """This task id is a dead letter not replayed since: a stale copy (a redelivery, an
     earlier rescue); absorbed, never run (only a replay runs it again)."""

@@ -186,7 +186,7 @@ class RedisStore(RedisDeadLetters, RedisLimits):
     ) -> tuple[list[str], list[Any]]:
         state, record, due = self._names(key, task_id)
         return [state, record, due, f"{self._tag(key)}:d:{task_id}"], [
-            fingerprint, task_id, owner, ms(lease), max_lost, STALE_TTL_MS
+            fingerprint, task_id, owner, ms(lease), max_lost, STALE_TTL_MS, compact_id(task_id)
         ]
 
     @guarded

@@ -13,6 +13,8 @@ busy           another copy runs now: never concurrently. A redelivery of the
                running task itself is absorbed (the rescuer covers its owner);
                another copy is deferred until the lease would have lapsed
 conflict       same key, other arguments: refused (IdempotencyKeyConflict)
+superseded     this task id was replayed with corrected arguments since this copy:
+               absorbed, never run
 lost too often dead-lettered with reason ``worker_lost``; never run again
 store down     fail closed: deferred with backoff, never run unguarded
 =============  =================================================================

@@ -147,6 +147,15 @@ class Outcomes(TaskBase):
             )
             self._dead_letter(key, "worker_lost", lost, started=False)
             raise lost
+        if claim.status is ClaimStatus.SUPERSEDED:
+            # This task was published again with corrected arguments (a replay) after
+            # this copy was: the newer message is the task, this one is stale.
+            self.reliable.count("superseded_copy_absorbed")
+            logger.warning(
+                "%s[%s] not run: this copy has the arguments the task had before it was "
+                "replayed with corrected ones (a stale copy, absorbed)", self.name, request.id,
+            )
+            raise Ignore()
         if claim.status is ClaimStatus.DEAD_LETTERED:
             # Its final failure is in the dead letters; a copy still around (a
             # redelivery, an earlier rescue) must not run it again behind the

@@ -166,6 +166,18 @@ def build(env: Mapping[str, str]) -> Celery:
         counter.incr("start", order_id)
         raise PermanentError(f"order {order_id} has no e-mail address")
 
+    @app.task(name="shop.mail_receipt", shared=False, base=ReliableTask,
+              idempotency_key="mail:{order_id}")
+    def mail_receipt(order_id: int, email: str) -> str:
+        """Fails for good on an address without '@' (bad input: replayed corrected);
+        else counts the effect and keeps the address it was sent to."""
+        counter.incr("start", order_id)
+        if "@" not in email:
+            raise PermanentError(f"order {order_id}: {email!r} is not an e-mail address")
+        counter.client.rpush(f"{prefix}:mailed:{order_id}", email)
+        counter.incr("effect", order_id)
+        return email
+
     @app.task(name="shop.always_failing", shared=False, base=ReliableTask,
               idempotency_key="down:{order_id}", retry_on=(ConnectionError,))
     def always_failing(order_id: int) -> None:

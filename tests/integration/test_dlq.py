@@ -198,3 +198,45 @@ def test_worker_killed_between_the_dlq_publish_and_the_ack(
     assert dead_letter_ids(shop) == [handle.id]  # one copy in the DLQ queue
     fixed = letters.reconcile()
     assert not fixed.duplicates_removed and not fixed.indexed and not fixed.republished
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_a_dead_letter_of_bad_input_replayed_with_corrected_kwargs_runs_once_with_them(
+    make_shop: Callable[..., Shop], broker: str
+) -> None:
+    """Through the Python API and the command line: the replay keeps the task id and key,
+    the body receives the corrected arguments, once, and the timeline names them."""
+    from tests.integration.test_dlq_cli import cli
+
+    shop = make_shop(broker)
+    letters = DeadLetters(shop.app)
+    mail = shop.task("mail_receipt")
+    by_api, by_cli = mail.delay(1, email="nobody"), mail.delay(2, email="no-one")
+    mailed = shop.counter.client
+    with shop.worker():
+        wait_for(lambda: all(letters.get(h.id) for h in (by_api, by_cli)), 60,
+                 "both dead letters")
+        wait_for(lambda: settled(shop), 30, "the original messages to be acknowledged")
+        result = letters.replay([by_api.id], kwargs={"email": "one@example.com"})
+        assert result.replayed == [by_api.id]
+        replayed = cli(shop, "replay", by_cli.id, "--kwargs", '{"email": "two@example.com"}')
+        assert replayed.returncode == 0, replayed.stderr
+        for order_id in (1, 2):
+            wait_for(lambda n=order_id: shop.counter.get("effect", n) == 1, 30,  # type: ignore[misc]
+                     f"the corrected replay of order {order_id}")
+        wait_for(lambda: settled(shop), 30, "the replays to be acknowledged")
+
+        def succeeded(task_id: str) -> bool:
+            timeline = queries.timeline(shop.app, task_id=task_id)
+            return bool(timeline) and timeline[-1].state is State.SUCCEEDED
+        for handle in (by_api, by_cli):
+            wait_for(lambda h=handle: succeeded(h.id), 10, "SUCCEEDED in the timeline")  # type: ignore[misc]
+    prefix = shop.env["TEST_PREFIX"]
+    assert mailed.lrange(f"{prefix}:mailed:1", 0, -1) == ["one@example.com"]
+    assert mailed.lrange(f"{prefix}:mailed:2", 0, -1) == ["two@example.com"]
+    assert [shop.counter.get("start", n) for n in (1, 2)] == [2, 2]  # failed once, ran once
+    for handle in (by_api, by_cli):
+        timeline = queries.timeline(shop.app, task_id=handle.id)
+        [replay] = [t for t in timeline if t.state is State.REPLAYED]
+        assert replay.detail == {"replay": 1, "arguments_changed": ["email"]}
+        assert {t.key for t in timeline} == {f"mail:{1 if handle is by_api else 2}"}

@@ -406,6 +406,52 @@ def test_a_dead_lettered_task_runs_again_only_after_a_replay(any_store: Store) -
     assert any_store.claim("k", FP, rec.task_id, "d", 30, max_lost=3).runs
 
 
+def test_a_replay_with_corrected_arguments_supersedes_the_tasks_older_copies(
+    any_store: Store,
+) -> None:
+    """A dead letter replayed with other arguments keeps its task id and key, with a new
+    fingerprint: the store takes it, and a stale copy with the old arguments is absorbed
+    (never run, nothing written) whether the key is queued, running or done."""
+    rec, new = record("k"), "2" * 16
+    any_store.publish(rec, 60, dedupe=True)
+    assert any_store.claim("k", FP, rec.task_id, "a", 30, max_lost=3).runs
+    assert any_store.release("k", "a", rec.task_id, requeued=False)
+    any_store.dead_letter(rec.task_id, "k", "permanent_error", "ValueError: bad email")
+    assert any_store.claim_replays([rec.task_id], force=False) == [rec.task_id]
+    corrected = replace(rec, fingerprint=new, body='[[42], {"email": "a@b.c"}, {}]')
+    assert any_store.publish_many([(corrected, 60)], dedupe=False)[0].status is PublishStatus.NEW
+    stale = any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3)
+    assert stale.status is ClaimStatus.SUPERSEDED and not stale.runs
+    assert any_store.get_key("k").fingerprint == new  # type: ignore[union-attr]
+    assert any_store.pending_count() == 1  # the replay's record stays, for the rescuer
+    assert any_store.claim("k", new, rec.task_id, "c", 30, max_lost=3).runs
+    assert any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3).status is (
+        ClaimStatus.SUPERSEDED)
+    assert any_store.complete("k", new, "c", rec.task_id, None, 60)
+    done = any_store.claim("k", FP, str(uuid.uuid4()), "d", 30, max_lost=3)
+    assert done.status is ClaimStatus.CONFLICT  # another task with the old arguments
+    assert any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3).status is (
+        ClaimStatus.SUPERSEDED)
+
+
+def test_a_task_published_again_with_other_arguments_takes_its_queued_key(
+    any_store: Store,
+) -> None:
+    """Its newest publish is the task: a copy left queued (a stale copy deferred after
+    the dead-lettering) must not make the corrected replay look stale."""
+    task_id = str(uuid.uuid4())  # a UUID: Redis keeps it compacted in a done key
+    rec = record("k", task_id)
+    any_store.publish(rec, 60, dedupe=False)
+    any_store.publish(replace(rec, fingerprint="3" * 16), 60, dedupe=False)
+    assert any_store.get_key("k").fingerprint == "3" * 16  # type: ignore[union-attr]
+    assert any_store.claim("k", FP, task_id, "a", 30, max_lost=3).status is (
+        ClaimStatus.SUPERSEDED)
+    assert any_store.claim("k", "3" * 16, task_id, "b", 30, max_lost=3).runs
+    assert any_store.complete("k", "3" * 16, "b", task_id, None, 60)
+    assert any_store.claim("k", FP, task_id, "a", 30, max_lost=3).status is (
+        ClaimStatus.SUPERSEDED)
+
+
 def test_discard_drops_record(any_store: Store) -> None:
     rec = record("k")
     any_store.publish(rec, 60, dedupe=False)

@@ -1,6 +1,7 @@
 -- KEYS: state, record, due (the record is only deleted here, when a copy is absorbed),
 --       this task's dead letter
--- ARGV: fingerprint, task_id, owner, lease_ms, max_lost, stale_ttl_ms
+-- ARGV: fingerprint, task_id, owner, lease_ms, max_lost, stale_ttl_ms, compact task_id
+--       (how a done key keeps it)
 local now = now_ms()
 local cur = get_state(KEYS[1])
 local lost = 0
@@ -18,7 +19,11 @@ if (not cur) or (cur[1] == 'Q' and cur[3] == ARGV[2]) then
   end
 end
 if cur then
-  if not same_args(cur, ARGV[1]) then return {'conflict', cur[3], '', 0, 0} end
+  if not same_args(cur, ARGV[1]) then
+    -- this very task published again with other arguments (a corrected replay): stale
+    if cur[3] == ARGV[2] or cur[3] == ARGV[7] then return {'superseded', ARGV[2], '', 0, 0} end
+    return {'conflict', cur[3], '', 0, 0}
+  end
   if cur[1] == 'D' then
     -- absorbed, with its record (also one a later publish of the done task's own id wrote)
     redis.call('DEL', KEYS[2])

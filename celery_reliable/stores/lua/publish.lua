@@ -10,6 +10,9 @@ end
 -- A done key is never downgraded: a copy published without dedupe is skipped by its claim.
 if (not cur) or cur[1] == 'X' then
   set_state(KEYS[1], {'Q', ARGV[2], ARGV[1], '', 0, 0}, ARGV[5])
+elseif cur[1] == 'Q' and cur[3] == ARGV[1] and cur[2] ~= ARGV[2] then
+  -- this task published again with other arguments (a corrected replay): they are its own
+  set_state(KEYS[1], {'Q', ARGV[2], ARGV[1], '', 0, cur[6]}, ARGV[5])
 end
 local now = now_ms()
 redis.call('HSET', KEYS[2], 'name', ARGV[6], 'key', ARGV[7], 'fp', ARGV[2], 'body', ARGV[8],
