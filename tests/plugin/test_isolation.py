@@ -121,3 +121,23 @@ def test_the_worker_stops_in_well_under_a_second() -> None:
         stopped_in = time.monotonic() - started
     assert sent == [5]
     assert stopped_in < 1.0, f"the worker took {stopped_in:.2f} s to stop"
+
+
+def test_the_clock_lapses_a_lease_and_ages_a_stuck_task() -> None:
+    from celery_reliable.states import queries
+    from celery_reliable.stores import ClaimStatus
+
+    app, _ = _shop("memory://")
+    with use_store(app) as reliable:
+        store = runtime(app).store
+        fp = "f" * 16
+        assert store.claim("k", fp, "t1", "worker-a", 30, max_lost=3).status is ClaimStatus.CLAIMED
+        assert store.claim("k", fp, "t2", "worker-b", 30, max_lost=3).status is ClaimStatus.BUSY
+        app.tasks[f"{__name__}.send_receipt"].delay(6)  # no worker: it stays PENDING
+        reliable.flush()
+        assert queries.stuck(app, older_than=60) == []
+        reliable.clock.advance(31)
+        taken = store.claim("k", fp, "t2", "worker-b", 30, max_lost=3)
+        assert taken.status is ClaimStatus.TAKEN_OVER
+        reliable.clock.advance(30)
+        assert [s.key for s in queries.stuck(app, older_than=60)] == ["receipt:6"]
