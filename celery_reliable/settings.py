@@ -86,6 +86,19 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
+def _patterns(name: str, value: Any) -> tuple[str, ...]:
+    """A list of shell-style name patterns, or one string of them separated by commas
+    (how an environment variable or Django settings file may give it)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple, set, frozenset)) or not all(
+        isinstance(p, str) for p in items
+    ):
+        raise ConfigurationError(
+            f"{name} must be a list of task name patterns such as ['shop.*'], got {value!r}"
+        )
+    return tuple(p.strip() for p in items if p.strip())
+
+
 def setting(default: Any, doc: str, check: Check, per_task: bool = False) -> Any:
     """Declare one row of the table (a dataclass field with its doc and validator)."""
     return field(default=default, metadata={"doc": doc, "check": check, "per_task": per_task})
@@ -378,6 +391,20 @@ class Settings:
         "sweeping worker forgets it. At most reliable_retention, the time a success is "
         "remembered by.",
         _number(0),
+    )
+    critical_tasks: tuple[str, ...] = setting(
+        (),
+        "Task name patterns (shell-style, e.g. ['shop.*', 'billing.charge']) that must be "
+        "ReliableTasks: celery -A app reliable-check reports a registered task matching "
+        "one that is not, and a pattern that matches no task.",
+        _patterns,
+    )
+    check_max_prefetch: int = setting(
+        32,
+        "Messages one worker may hold prefetched (worker_prefetch_multiplier x "
+        "worker_concurrency) before celery -A app reliable-check warns: each is an "
+        "unacknowledged late-ack message a crash or a long task holds up.",
+        _number(1, integer=True),
     )
     redis_shards: int = setting(
         1,

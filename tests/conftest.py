@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 
 from celery_reliable.runtime import reset
 from celery_reliable.stores import Store, open_store
 from celery_reliable.stores.memory import MemoryStore
-from tests.servers import MARIADB, POSTGRES, REDIS
+from tests.harness import wait_for
+from tests.servers import IN_CI, MARIADB, POSTGRES, REDIS, free_port
 
 pytest_plugins = ["tests.shopfixture"]
 
@@ -100,3 +105,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = item.path.parts
         if "integration" in parts or "chaos" in parts:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def redis_with(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """``start(*options)``: the URL of a new redis-server of the test's own, started with
+    those options (``--appendonly no``, ``--maxmemory-policy ...``) on a free port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed; these tests start servers of their own"
+        if IN_CI:
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(message)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*options: str) -> str:
+        port = free_port()
+        directory = tmp_path / str(port)
+        directory.mkdir()
+        started.append(subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+             *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        client = redis.Redis(port=port)
+        wait_for(lambda: _answers(client), 10, f"redis-server on port {port}")
+        client.close()
+        return f"redis://127.0.0.1:{port}/0"
+
+    yield start
+    for server in started:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
+from celery_reliable.cli.check import check_options, run
 from celery_reliable.cli.context import app_of
 from celery_reliable.cli.output import ask, plural
-from celery_reliable.identity import is_reliable
 from celery_reliable.runtime import runtime
-from celery_reliable.settings import rows
 from celery_reliable.states import state_store
 from celery_reliable.stores.model import Migration
-from celery_reliable.worker.transport import apply_defaults
 
 
 @click.group(name="reliable-store")
@@ -53,39 +48,11 @@ def _migrated(what: str, done: Migration) -> str:
 
 
 @reliable_store.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@check_options
 @click.pass_context
-def check(ctx: click.Context, as_json: bool) -> None:
-    """Validate the settings, reach the store, print the crash-recovery bound and what in
-    the store server's settings puts the guarantees at risk.
-
-    Exits 2 when a setting is invalid or the store is unreachable or not migrated, 1 when
-    the store's server is at risk (no persistence, an eviction policy), else 0.
-    """
-    app = app_of(ctx)
-    rt = runtime(app)
-    ask(rt.store.ping)
-    pending = ask(rt.store.pending_count)
-    risks = ask(rt.store.risks)
-
-    reliable = sorted(name for name, t in app.tasks.items() if is_reliable(t))
-    recovery = ask(lambda: apply_defaults(app, rt.settings, [app.tasks[n] for n in reliable]))
-    report = {
-        "store": rt.settings.store_url,
-        "pending_records": pending,
-        "reliable_tasks": reliable,
-        "recovery": recovery,
-        "risks": risks,
-        "settings": {name: getattr(rt.settings, name[len("reliable_"):]) for name, *_ in rows()},
-    }
-    if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
-    else:
-        click.echo(f"store: {report['store']} (reachable, {pending} task records in flight)")
-        click.echo(f"reliable tasks: {', '.join(reliable) or 'none registered'}")
-        for line in recovery:
-            click.echo(line)
-        for risk in risks:
-            click.echo(f"warning: {risk}", err=True)
-    if risks:
-        sys.exit(1)
+def check(ctx: click.Context, as_json: bool, strict: bool, concurrency: int | None) -> None:
+    """The same as ``celery -A app reliable-check`` (kept under its old name): settings
+    valid, store reachable, the crash-recovery bound, and everything in the deployment
+    that will lose or duplicate work.  Exits 1 on an error (--strict: a warning too), 2
+    on an invalid configuration or an unreachable store, else 0."""
+    run(ctx, as_json, strict, concurrency)

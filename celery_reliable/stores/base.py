@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from celery_reliable.errors import StoreError
+from celery_reliable.findings import Finding
 from celery_reliable.stores.model import (
     BreakerCheck,
     Claim,
@@ -306,10 +307,10 @@ class Store(abc.ABC):
         worker calls it again while it returns ``limit``."""
         return 0
 
-    def risks(self) -> list[str]:
-        """What in the store server's own settings puts the guarantees at risk, each in
-        words an operator can act on; ``[]`` when nothing is known to.  Logged at worker
-        start and printed by ``celery -A app reliable-store check``."""
+    def risks(self) -> list[Finding]:
+        """What in the store server's own settings puts the guarantees at risk, each with
+        the fix; ``[]`` when nothing is known to.  Logged at worker start and reported by
+        ``celery -A app reliable-check``."""
         return []
 
     def migrate(self) -> Migration:

@@ -17,9 +17,11 @@ import redis
 from redis.commands.core import Script
 
 from celery_reliable.errors import StoreError, StoreUnavailable
+from celery_reliable.findings import Finding
 from celery_reliable.stores.base import Store
 from celery_reliable.stores.model import TaskRecord
 from celery_reliable.stores.redis_calls import ScriptCaller
+from celery_reliable.stores.redis_server import ServerFacts, store_findings
 
 KEY_STATES = {"Q": "queued", "R": "running", "D": "done", "X": "dead"}
 RECORD_FIELDS = ("name", "key", "fp", "body", "ctype", "cenc", "opts", "pub", "state", "resc")
@@ -29,31 +31,6 @@ T = TypeVar("T")
 
 def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-def redis_risks(
-    url: str, policy: str, maxmemory: int, appendonly: str | None, save: str | None
-) -> list[str]:
-    """What :meth:`RedisStore.risks` says of a server with these settings (``None``:
-    unknown)."""
-    found = []
-    if maxmemory and policy != "noeviction":
-        found.append(
-            f"Redis store {url} may evict keys (maxmemory {maxmemory} bytes, "
-            f"maxmemory-policy {policy}): completed keys, leases and task records all "
-            "carry a TTL, so under memory pressure they can be dropped, and then a "
-            "duplicate runs or a lost task is not rescued. Set "
-            "maxmemory-policy noeviction (writes then fail loudly when it is full), or "
-            "give the store a Redis of its own"
-        )
-    if appendonly == "no" and save == "":
-        found.append(
-            f"Redis store {url} does not persist (appendonly no, save \"\"): when it "
-            "restarts it forgets which keys completed and every task record, so "
-            "duplicates can run and lost tasks cannot be rescued. Turn on appendonly "
-            "(or RDB snapshots), or use a SQL store"
-        )
-    return found
 
 
 def _translated(url: str, exc: redis.RedisError) -> StoreError:
@@ -144,21 +121,13 @@ class RedisBase(Store):
         self.client.ping()
 
     @guarded
-    def risks(self) -> list[str]:
+    def risks(self) -> list[Finding]:
         """Eviction and persistence: completed keys, leases and task records carry a TTL,
-        so any eviction policy may drop them under memory pressure;
-        and a Redis that does not persist forgets them all when it restarts.  Managed
-        services that refuse ``CONFIG`` are taken to persist (they replicate)."""
-        memory = self.client.info("memory")
-        try:
-            appendonly = self.client.config_get("appendonly").get("appendonly")
-            save = self.client.config_get("save").get("save")
-        except redis.ResponseError:  # CONFIG renamed or refused
-            appendonly = save = None
-        return redis_risks(
-            self.safe_url, str(memory.get("maxmemory_policy", "noeviction")),
-            int(memory.get("maxmemory", 0) or 0), appendonly, save,
-        )
+        so any eviction policy may drop them under memory pressure; a Redis that does not
+        persist forgets them all when it restarts, one without AOF the last minutes.
+        A server that will not say (managed services refusing ``CONFIG``) is not judged
+        on what it did not say."""
+        return store_findings(self.safe_url, ServerFacts.read(self.client))
 
     def drop(self) -> None:
         # Every key is {prefix:...} (keys, records, budgets, breakers, states) or

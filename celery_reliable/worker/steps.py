@@ -19,6 +19,7 @@ from celery_reliable.errors import (
     StoreError,
     StoreUnavailable,
 )
+from celery_reliable.findings import Finding
 from celery_reliable.identity import is_reliable
 from celery_reliable.runtime import Runtime, runtime
 from celery_reliable.states import signals as observe
@@ -96,7 +97,7 @@ def refuse_to_start(exc: ReliableError) -> SystemExit:
     return SystemExit(f"celery_reliable: the worker cannot start: {exc}")
 
 
-def _risks(rt: Runtime) -> list[str]:
+def _risks(rt: Runtime) -> list[Finding]:
     try:
         return rt.store.risks()
     except StoreError as exc:  # the start goes on: the tasks are guarded by the claim

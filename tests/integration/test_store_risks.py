@@ -1,23 +1,18 @@
 """The store server's own settings that put the guarantees at risk, on real Redis servers.
 
 Each test starts a throwaway ``redis-server`` with the settings in question on a
-free port (the shared server's settings are not ours to change), and checks
-what ``RedisStore.risks()`` and ``celery -A app reliable-store check`` say.
+free port (the shared server's settings are not ours to change, ``redis_with`` in
+tests/conftest.py), and checks what ``RedisStore.risks()`` and ``celery -A app
+reliable-store check`` say.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
-import redis
 from celery import Celery
 from click.testing import CliRunner
 
@@ -25,78 +20,45 @@ from celery_reliable import ReliableTask
 from celery_reliable.cli.store import reliable_store
 from celery_reliable.runtime import reset
 from celery_reliable.stores import open_store
-from celery_reliable.stores.redis_base import redis_risks
-from tests.servers import IN_CI
+from celery_reliable.stores.redis_server import ServerFacts, store_findings
 
 AT_RISK = ("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru",
            "--save", "", "--appendonly", "no")
 SAFE = ("--maxmemory", "64mb", "--maxmemory-policy", "noeviction", "--appendonly", "yes")
+RDB_ONLY = ("--appendonly", "no", "--save", "3600 1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def judged(policy: str, maxmemory: int, aof: bool | None, save: str | None) -> list[str]:
+    facts = ServerFacts(policy=policy, maxmemory=maxmemory, aof=aof, save=save)
+    return [f"{f.check}:{f.severity}" for f in store_findings("redis://h:6379/1", facts)]
 
 
-@pytest.fixture
-def redis_with(tmp_path: Path) -> Iterator[object]:
-    """``start(*options)``: the URL of a new redis-server started with those options."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed; these tests start servers of their own"
-        if IN_CI:
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(message)
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*options: str) -> str:
-        port = _free_port()
-        directory = tmp_path / str(port)
-        directory.mkdir()
-        started.append(subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-             *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        return f"redis://127.0.0.1:{port}/0"
-
-    yield start
-    for server in started:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def test_redis_risks_names_eviction_and_persistence() -> None:
-    url = "redis://h:6379/1"
-    assert redis_risks(url, "noeviction", 1 << 30, "yes", "") == []
-    assert redis_risks(url, "allkeys-lru", 0, "yes", "") == []  # no limit: nothing evicted
-    assert redis_risks(url, "noeviction", 0, "no", "3600 1") == []  # RDB snapshots
-    assert redis_risks(url, "noeviction", 0, None, None) == []  # CONFIG refused: unknown
-    evicting = redis_risks(url, "volatile-lru", 1 << 30, "yes", "")
-    assert len(evicting) == 1 and "maxmemory-policy volatile-lru" in evicting[0]
-    assert "noeviction" in evicting[0]  # the fix is named
-    forgetting = redis_risks(url, "noeviction", 0, "no", "")
-    assert len(forgetting) == 1 and "does not persist" in forgetting[0]
+def test_a_store_server_is_judged_on_eviction_and_persistence() -> None:
+    assert judged("noeviction", 1 << 30, True, "") == []
+    assert judged("allkeys-lru", 0, True, "") == []  # no limit: nothing evicted
+    assert judged("noeviction", 0, None, None) == []  # the server would not say
+    assert judged("noeviction", 0, False, "3600 1") == ["store.persistence:warning"]  # RDB
+    assert judged("volatile-lru", 1 << 30, True, "") == ["store.eviction:error"]
+    assert judged("noeviction", 0, False, "") == ["store.persistence:error"]
+    evicting = store_findings("redis://h:6379/1", ServerFacts("volatile-lru", 1 << 30, True, ""))
+    assert "maxmemory-policy volatile-lru" in evicting[0].problem
+    assert "noeviction" in evicting[0].fix  # the fix is named
 
 
 def test_a_redis_that_evicts_and_forgets_is_reported_and_a_safe_one_is_not(
-    redis_with: object,
+    redis_with: Callable[..., str],
 ) -> None:
     start = redis_with
-    assert callable(start)
     at_risk, safe = open_store(start(*AT_RISK)), open_store(start(*SAFE))
     try:
         risks = at_risk.risks()
-        assert len(risks) == 2, risks
-        assert "allkeys-lru" in risks[0] and "does not persist" in risks[1]
+        assert [r.check for r in risks] == ["store.eviction", "store.persistence"], risks
+        assert "allkeys-lru" in risks[0].problem and "does not persist" in risks[1].problem
         assert safe.risks() == []
+        rdb_only = open_store(start(*RDB_ONLY))
+        assert [(r.check, r.severity) for r in rdb_only.risks()] == [
+            ("store.persistence", "warning")]
+        rdb_only.close()
     finally:
         at_risk.close()
         safe.close()
@@ -104,10 +66,9 @@ def test_a_redis_that_evicts_and_forgets_is_reported_and_a_safe_one_is_not(
 
 @pytest.mark.parametrize(("options", "code"), [(AT_RISK, 1), (SAFE, 0)])
 def test_store_check_exits_1_when_the_store_is_at_risk(
-    redis_with: object, options: tuple[str, ...], code: int
+    redis_with: Callable[..., str], options: tuple[str, ...], code: int
 ) -> None:
     start = redis_with
-    assert callable(start)
     app = Celery("risks", broker="memory://", set_as_current=False)
     app.conf.reliable_store_url = start(*options)
 
@@ -119,19 +80,19 @@ def test_store_check_exits_1_when_the_store_is_at_risk(
                                     obj=SimpleNamespace(app=app))
         assert result.exit_code == code, result.output
         report = json.loads(result.stdout)
-        assert len(report["risks"]) == (2 if code else 0)
+        stored = [f["check"] for f in report["findings"] if f["check"].startswith("store.")]
+        assert stored == (["store.eviction", "store.persistence"] if code else [])
         assert report["reliable_tasks"] == ["shop.receipt"]
     finally:
         reset(app)
 
 
 def test_a_worker_warns_at_start_when_its_store_is_at_risk(
-    redis_with: object, caplog: pytest.LogCaptureFixture
+    redis_with: Callable[..., str], caplog: pytest.LogCaptureFixture
 ) -> None:
     from celery_reliable.worker.steps import ReliableWorkerStep
 
     start = redis_with
-    assert callable(start)
     app = Celery("risks", broker="memory://", set_as_current=False)
     app.conf.update(reliable_store_url=start(*AT_RISK), reliable_rescue_enabled=False)
     step = ReliableWorkerStep.__new__(ReliableWorkerStep)
