@@ -5,7 +5,11 @@ configuration)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import click
@@ -106,3 +110,28 @@ def test_reliable_store_check_runs_the_same_checks(make_app: Callable[..., Celer
     assert [f["check"] for f in json.loads(alias.stdout)["findings"]] == [
         "worker.soft_shutdown"]
     assert run(app, "check", "--strict", command=reliable_store).exit_code == 1
+
+
+def test_the_celery_command_runs_it_from_the_entry_point(tmp_path: Path) -> None:
+    """``celery -A app reliable-check`` as an operator types it: the sub-command is
+    registered on ``celery.commands``, and a configuration Celery applies only when
+    the worker starts (our default time limit) is judged all the same."""
+    (tmp_path / "doctor_app.py").write_text(
+        "from celery import Celery\n"
+        "from celery_reliable import ReliableTask\n"
+        "app = Celery('doctor_app', broker='redis://127.0.0.1:1/0')\n"
+        "app.conf.reliable_store_url = 'memory://'\n"
+        "app.conf.broker_transport_options = {'visibility_timeout': 600}\n"
+        "@app.task(base=ReliableTask, name='shop.receipt')\n"
+        "def receipt():\n"
+        "    pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
+    celery = Path(sys.executable).with_name("celery")
+    done = subprocess.run([str(celery), "-A", "doctor_app", "reliable-check", "--json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    found = {f["check"]: f for f in json.loads(done.stdout)["findings"]}
+    assert found["broker.unreachable"]["severity"] == "error"  # nothing listens on :1
+    assert found["broker.visibility_timeout"]["severity"] == "warning"
+    assert "shop.receipt's time limit (1800 s)" in found["broker.visibility_timeout"]["problem"]
