@@ -14,6 +14,7 @@ import celery
 
 from celery_reliable.doctor.deployment import Deployment
 from celery_reliable.findings import Finding
+from celery_reliable.worker.transport import is_redis_broker
 
 
 def prefetch(d: Deployment) -> list[Finding]:
@@ -63,6 +64,15 @@ def soft_shutdown(d: Deployment) -> list[Finding]:
             "ETA messages can be lost on shutdown (celery/kombu#533)",
             "Set worker_soft_shutdown_timeout to the seconds a deploy waits (e.g. 30, "
             "below its SIGKILL), and worker_enable_soft_shutdown_on_idle = True with Redis",
+            "operating.md#soft-shutdown",
+        )]
+    if is_redis_broker(d.app) and not d.conf.worker_enable_soft_shutdown_on_idle:
+        return [Finding(
+            "worker.soft_shutdown_on_idle", "warning",
+            "worker_enable_soft_shutdown_on_idle is off with a Redis broker: a worker that "
+            "holds only ETA and countdown messages (retries, deferrals) counts as idle and "
+            "skips the soft shutdown that would requeue them",
+            "Set worker_enable_soft_shutdown_on_idle = True",
             "operating.md#soft-shutdown",
         )]
     return []

@@ -135,6 +135,15 @@ def test_soft_shutdown_off_warns(app: Celery) -> None:
     assert worker.soft_shutdown(Deployment.of(app)) == []
 
 
+def test_soft_shutdown_skipped_on_idle_with_redis_warns(redis_app: Celery) -> None:
+    """With Redis an idle worker holding only ETA messages must soft-shut-down too."""
+    redis_app.conf.worker_soft_shutdown_timeout = 30
+    found = worker.soft_shutdown(Deployment.of(redis_app))
+    assert checks(found) == ["worker.soft_shutdown_on_idle:warning"]
+    redis_app.conf.worker_enable_soft_shutdown_on_idle = True
+    assert worker.soft_shutdown(Deployment.of(redis_app)) == []
+
+
 def test_running_tasks_kept_on_connection_loss_warn(app: Celery) -> None:
     found = worker.connection_loss(Deployment.of(app))
     assert checks(found) == ["worker.connection_loss:warning"]
