@@ -136,6 +136,11 @@ class Execution(Outcomes):
                     breaker.wait + random.uniform(0.1, 1.0),
                     f"circuit breaker of {self.dependency!r} is {breaker.state}",
                 )
+        if request.is_eager:
+            # apply() runs in the caller, retries at once and stops at max_attempts: the
+            # budget guards a dependency against a storm of workers' retries, and an
+            # eager call must not spend it (nor fail on what other calls spent).
+            return breaker
         if not request.retries:
             rt.budget.first_attempt(scope)
         elif not rt.store.budget_withdraw(
@@ -143,7 +148,7 @@ class Execution(Outcomes):
             settings.retry_budget_window,
         ):
             rt.count("retry_budget_exhausted")
-            if settings.on_retry_budget_exhausted == "dead_letter" or request.is_eager:
+            if settings.on_retry_budget_exhausted == "dead_letter":
                 error = RetryBudgetExhausted(
                     f"{self.name}[{request.id}]: the retry budget of {scope!r} is spent "
                     f"({settings.retry_budget_ratio:g} x first attempts + "

@@ -127,6 +127,25 @@ def test_transient_failures_are_retried_then_succeed_once(app: Celery) -> None:
     assert effects == [1]
 
 
+def test_apply_neither_spends_nor_is_refused_by_the_shared_retry_budget(app: Celery) -> None:
+    # No retry is ever granted to a worker: the budget is spent before it starts.
+    app.conf.reliable_retry_backoff_base = 0
+    app.conf.reliable_retry_budget_ratio = 0
+    app.conf.reliable_retry_budget_floor = 0
+    attempts: list[int] = []
+
+    @app.task(base=ReliableTask, bind=True, max_attempts=2, shared=False)
+    def down(self: ReliableTask, n: int) -> None:
+        attempts.append(self.request.retries + 1)
+        raise TimeoutError(f"down {n}")
+
+    for n in range(3):  # the task's own error every time, whatever the calls before did
+        result = down.apply((n,))
+        assert isinstance(result.result, TimeoutError), result.result
+    assert attempts == [1, 2] * 3
+    assert runtime(app).counters["retry_budget_exhausted"] == 0
+
+
 def test_attempts_are_bounded(app: Celery) -> None:
     app.conf.reliable_retry_backoff_base = 0
     attempts: list[int] = []
