@@ -12,8 +12,9 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-Outcomes = Mapping[str, Mapping[str, str]]
+Outcomes = Mapping[str, Mapping[str, Any]]
 
 #: the columns of the table, in order
 COLUMNS = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
@@ -89,7 +90,9 @@ def differences(
     return found
 
 
-def unused(allowed: Iterable[Allowed], found: Iterable[Difference], ran: Iterable[str]) -> list[Allowed]:
+def unused(
+    allowed: Iterable[Allowed], found: Iterable[Difference], ran: Iterable[str]
+) -> list[Allowed]:
     """Entries that matched a test of this run that did not differ: candidates to drop
     (entries for tests outside the selection say nothing and are not listed)."""
     used = {diff.allowed for diff in found if diff.allowed is not None}

@@ -90,19 +90,23 @@ class _Outcomes:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.tests: dict[str, dict[str, str]] = {}
+        self.tests: dict[str, dict[str, Any]] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.outcome == "rerun":  # pytest-rerunfailures: the attempt is discarded
             self.tests.pop(report.nodeid, None)
             return
-        entry = self.tests.setdefault(report.nodeid, {"outcome": "passed", "message": ""})
+        entry = self.tests.setdefault(
+            report.nodeid, {"outcome": "passed", "message": "", "seconds": 0.0})
+        entry["seconds"] = round(entry["seconds"] + report.duration, 2)
         if hasattr(report, "wasxfail"):
             entry["outcome"] = "xfailed" if report.skipped else "xpassed"
         elif report.failed:
             entry["outcome"] = "failed" if report.when == "call" else "error"
             crash = getattr(report.longrepr, "reprcrash", None)
-            entry["message"] = (crash.message if crash else str(report.longrepr))[:500]
+            message = crash.message if crash else str(report.longrepr)
+            if not entry["message"]:  # the first failure, not "contains 1 failed subtest"
+                entry["message"] = message[:500]
         elif report.skipped and entry["outcome"] == "passed":
             entry["outcome"] = "skipped"
 
