@@ -6,6 +6,7 @@ The public surface is what ``__all__`` lists; everything else may change.
 from celery_reliable.dlq.api import DeadLetters
 from celery_reliable.dlq.signals import task_dead_lettered
 from celery_reliable.errors import (
+    ArgumentsMismatch,
     ConfigurationError,
     IdempotencyKeyConflict,
     IdempotencyKeyError,
@@ -27,6 +28,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ARGUMENTS",
+    "ArgumentsMismatch",
     "ConfigurationError",
     "DeadLetters",
     "IdempotencyKeyConflict",

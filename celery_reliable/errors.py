@@ -20,6 +20,12 @@ class IdempotencyKeyError(ReliableError):
     """The idempotency key of a call cannot be derived (bad template, missing argument)."""
 
 
+class ArgumentsMismatch(IdempotencyKeyError, TypeError):
+    """The call's arguments do not fit the task's signature (``add.delay(5)`` for
+    ``add(x, y)``).  A ``TypeError``, as Celery raises for the same call, so callers'
+    ``except TypeError`` keeps working."""
+
+
 class IdempotencyKeyConflict(ReliableError):
     """The same idempotency key was used with different arguments.
 

@@ -26,7 +26,7 @@ from typing import Any
 from kombu.utils.json import JSONEncoder
 from kombu.utils.json import loads as kombu_loads
 
-from celery_reliable.errors import IdempotencyKeyError, UnpersistableTask
+from celery_reliable.errors import ArgumentsMismatch, IdempotencyKeyError, UnpersistableTask
 
 
 class _Arguments:
@@ -83,12 +83,13 @@ def bind_arguments(
                     return arguments
     signature = _signature(fun)
     if signature is None:  # builtins, C functions: fall back to the raw call
-        return {**{str(i): a for i, a in enumerate(args)}, **kwargs}
+        return raw_arguments(args, kwargs)
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise IdempotencyKeyError(
-            f"cannot derive an idempotency key: {exc} (the task takes {signature})"
+        raise ArgumentsMismatch(
+            f"the arguments do not fit the task: {exc} (the task takes {signature}); "
+            "no idempotency key can be derived, and the body could not run"
         ) from None
     bound.apply_defaults()
     arguments = dict(bound.arguments)
@@ -96,6 +97,11 @@ def bind_arguments(
         if param.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
             arguments.update(arguments.pop(name))
     return arguments
+
+
+def raw_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The call as given, for what has no signature to bind to (or may not fit it)."""
+    return {**{str(i): a for i, a in enumerate(args)}, **kwargs}
 
 
 @functools.lru_cache(maxsize=1024)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from celery import Celery, Task
 
 from celery_reliable import keys
-from celery_reliable.errors import ConfigurationError, ReliableError
+from celery_reliable.errors import ArgumentsMismatch, ConfigurationError, ReliableError
 from celery_reliable.headers import HEADER_KEY
 from celery_reliable.retry.policy import Classifier
 from celery_reliable.runtime import Runtime, runtime
@@ -158,7 +158,14 @@ class TaskBase(Task):  # type: ignore[misc]
         keyed by ``task_id``, its publish."""
         if self.definition_error is not None:
             raise self.definition_error
-        arguments = keys.bind_arguments(self.run, args, kwargs)
+        try:
+            arguments = keys.bind_arguments(self.run, args, kwargs)
+        except ArgumentsMismatch:
+            if self.typing:
+                raise
+            # typing=False: Celery publishes a call that does not fit, and the worker
+            # fails it with the TypeError (Execution dead-letters it at once).
+            arguments = keys.raw_arguments(args, kwargs)
         identity = keys.identity(arguments, self.fingerprint_exclude)
         text = keys.canonical(identity)  # once: the fingerprint and a hash key share it
         fingerprint = keys.fingerprint(identity, text)

@@ -36,7 +36,12 @@ from typing import Any
 from celery.exceptions import Ignore, Reject, Retry
 
 from celery_reliable import keys
-from celery_reliable.errors import RetryBudgetExhausted, StoreError, StoreUnavailable
+from celery_reliable.errors import (
+    ArgumentsMismatch,
+    RetryBudgetExhausted,
+    StoreError,
+    StoreUnavailable,
+)
 from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY, HEADER_SLOT
 from celery_reliable.retry.policy import RetryPolicy, Verdict
 from celery_reliable.runtime import Runtime
@@ -189,6 +194,12 @@ class Execution(Outcomes):
                 self._dead_letter(key, "rejected", exc, started=True)
             raise
         except Exception as exc:
+            if isinstance(exc, TypeError) and not _fits(self.run, args, kwargs):
+                # A call that does not fit the task (typing=False lets it through):
+                # no retry can fix it, so it fails at once, as in Celery.
+                self._release(key, owner, requeued=False)
+                self._dead_letter(key, "permanent_error", exc, started=True)
+                raise
             self._report(breaker, exc)
             self._after_failure(key, owner, exc, settings)
             raise
@@ -322,6 +333,15 @@ class Execution(Outcomes):
             f" ({error})" if error is not None else "", key,
         )
 
+
+
+def _fits(fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether the call binds to ``fun``'s signature (asked only after a TypeError)."""
+    try:
+        keys.bind_arguments(fun, args, kwargs)
+    except ArgumentsMismatch:
+        return False
+    return True
 
 
 def _sleep_backoff(attempt: int) -> None:

@@ -3,8 +3,9 @@
 :meth:`Publishing.apply_async` derives the idempotency key, puts it in the
 message *headers* (the only place every transport keeps), writes the task
 record to the store (persist-on-publish; it also answers "is this key already
-done or in flight?" in the same round trip) and only then publishes.  The
-store's round trip overlaps Celery building the message (:class:`_PublishGate`).
+done or in flight?" in the same round trip) and only then publishes.  Without a
+declared key the store's round trip overlaps Celery building the message
+(:class:`_PublishGate`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ logger = logging.getLogger("celery_reliable")
 
 
 class _AlreadyPublished(Exception):
-    """Stops Celery's publish from inside the producer: an existing task stands for the
-    call (caught in ``apply_async``, never seen by callers)."""
+    """An existing task stands for the call: nothing is published (caught in
+    ``apply_async``, never seen by callers)."""
 
     def __init__(self, task_id: str | None) -> None:
         super().__init__(task_id)
@@ -41,12 +42,15 @@ class _AlreadyPublished(Exception):
 
 
 class _PublishGate:
-    """The producer Celery gets while the persist/dedupe call is under way.
+    """The producer Celery gets while the persist call is under way.
 
     Celery builds the message, then calls ``publish``: the gate takes the store's
-    verdict first (``verdict`` returns to let the message go, raises to stop it),
-    so the store's round trip overlaps building the message.  Anything published
-    after the task's message (a ``task-sent`` event) goes straight through.
+    verdict first (``verdict`` returns to let the message go, raises to stop it:
+    the store is down), so the store's round trip overlaps building the message.
+    Anything published after the task's message (a ``task-sent`` event) goes
+    straight through.  A call that may be deduplicated does not use it: its verdict
+    is read before Celery's publish starts, so that ``before_task_publish`` fires
+    only for a message that is sent.
     """
 
     def __init__(self, producer: Any, verdict: Callable[[], None]) -> None:
@@ -78,6 +82,12 @@ class Publishing(TaskBase):
         **options: Any,
     ) -> AsyncResult:
         args, kwargs = tuple(args or ()), dict(kwargs or {})
+        dump = getattr(self, "_dump_pydantic_arguments", None)  # pydantic=True (Celery 5.7)
+        if dump is not None and options.get("serializer", self.serializer) != "pickle":
+            # Celery's apply_async dumps the models: key, fingerprint and record are of
+            # the call as it is sent (dumping what is dumped already changes nothing).
+            dumped_args, dumped_kwargs = dump(args, kwargs)
+            args, kwargs = tuple(dumped_args), dict(dumped_kwargs)
         headers = dict(options.pop("headers", None) or {})
         per_call_key = options.pop("idempotency_key", None) or headers.get(HEADER_SLOT)
         # A call that names its task id has promised that id to someone: Celery's canvas
@@ -115,30 +125,45 @@ class Publishing(TaskBase):
         # before this call returns, so stamp it now and record it after (the store
         # orders by these times, whoever's flush comes first).
         published_at = time.time()
+        # Only a declared key can stand for an existing task: a publish's own key is new.
+        dedupe = (settings.dedupe_on_publish and not promised
+                  and not is_publish_key(key, task_id))
         answer = self._before_publish(
             settings, task_id, key, fingerprint, args, kwargs,
             lambda: {**options, "headers": headers, "link": link, "link_error": link_error,
                      "shadow": shadow},
-            # Only a declared key can stand for an existing task: a publish's own key is new.
-            dedupe=not promised and not is_publish_key(key, task_id),
+            dedupe=dedupe,
         )
         if answer is None:
+            result = publish(producer=producer)
+        elif dedupe:
+            # Decided before Celery's publish starts: before_task_publish and
+            # after_task_publish fire only for a message that is sent.
+            try:
+                self._judge(settings, answer, task_id, key, internal)
+            except _AlreadyPublished as existing:
+                recorder(app).transitions(
+                    task_id, self.name, key, (State.PENDING, State.DEDUPLICATED),
+                    detail={"existing_task": existing.task_id}, at=published_at)
+                return self._existing(existing.task_id, options)
             result = publish(producer=producer)
         else:
             with app.producer_or_acquire(producer) as real:
                 gate = _PublishGate(
                     real, lambda: self._judge(settings, answer, task_id, key, internal))
-                try:
-                    result = publish(producer=gate)
-                except _AlreadyPublished as existing:
-                    recorder(app).transitions(
-                        task_id, self.name, key, (State.PENDING, State.DEDUPLICATED),
-                        detail={"existing_task": existing.task_id}, at=published_at)
-                    return self.AsyncResult(existing.task_id)
+                result = publish(producer=gate)
         if not internal:
             attempt = int(options.get("retries") or 0) + 1
             recorder(app).transition(task_id, self.name, key, State.PENDING, attempt=attempt,
                                      at=published_at)
+        return result
+
+    def _existing(self, task_id: str | None, options: Mapping[str, Any]) -> AsyncResult:
+        """The handle of the task that stands for a deduplicated call, as Celery's
+        ``send_task`` would have built it (``ignored`` keeps ``.get()`` of an
+        ``ignore_result`` task from waiting for a result that is never stored)."""
+        result = self.AsyncResult(task_id)
+        result.ignored = options.get("ignore_result", self.ignore_result)
         return result
 
     def _warn_unslotted(self) -> None:

@@ -10,8 +10,8 @@ runs, so the plain and the ReliableTask run differ only in what
 - Celery's ``flaky``/``timeout`` markers are capped (``COMPAT_RERUNS``,
   ``COMPAT_TIMEOUT``) so a test that hangs under one run costs seconds, not
   5 reruns of 300 s;
-- every test's final outcome is written to ``COMPAT_OUTCOMES`` (JSON), the input of
-  the comparison.
+- every test's final outcome is written to ``COMPAT_OUTCOMES`` (JSON, rewritten after
+  each test), the input of the comparison.
 """
 
 from __future__ import annotations
@@ -110,9 +110,12 @@ class _Outcomes:
         elif report.skipped and entry["outcome"] == "passed":
             entry["outcome"] = "skipped"
 
-    def pytest_sessionfinish(self) -> None:
-        with open(self.path, "w") as out:
+    def pytest_runtest_logfinish(self) -> None:
+        # After every test: a run stopped over its budget still leaves what it ran.
+        partial = f"{self.path}.partial"
+        with open(partial, "w") as out:
             json.dump(self.tests, out, indent=1, sort_keys=True)
+        os.replace(partial, self.path)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -212,13 +212,12 @@ def test_publish_persists_then_dedupes(app: Celery) -> None:
     assert options["headers"]["reliable_key"] == "receipt:7"
 
 
-def test_the_store_answers_once_the_message_is_built_and_a_duplicate_is_not_sent(
-    app: Celery, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _trace_publishes(
+    app: Celery, task: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[str], Any]:
+    """(events, disconnect): when the store's answer is read, and Celery's
+    before/after_task_publish signals of ``task``."""
     from celery.signals import after_task_publish, before_task_publish
-
-    @app.task(base=ReliableTask, idempotency_key="order:{n}", shared=False)
-    def task(n: int) -> None: ...
 
     events: list[str] = []
     store = runtime(app).store
@@ -243,15 +242,48 @@ def test_the_store_answers_once_the_message_is_built_and_a_duplicate_is_not_sent
 
     before_task_publish.connect(built, sender=task.name, weak=False)
     after_task_publish.connect(sent, sender=task.name, weak=False)
+
+    def disconnect() -> None:
+        before_task_publish.disconnect(built, sender=task.name)
+        after_task_publish.disconnect(sent, sender=task.name)
+
+    return events, disconnect
+
+
+def test_the_store_answers_once_the_message_is_built(
+    app: Celery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @app.task(base=ReliableTask, shared=False)
+    def task(n: int) -> None: ...
+
+    events, disconnect = _trace_publishes(app, task, monkeypatch)
+    try:
+        task.delay(1)
+    finally:
+        disconnect()
+    # without a declared key nothing can stop the publish: the round trip overlaps it
+    assert events == ["message built", "answer read", "sent"]
+
+
+def test_a_duplicate_is_decided_before_publishing_and_fires_no_publish_signal(
+    app: Celery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @app.task(base=ReliableTask, idempotency_key="order:{n}", shared=False,
+              ignore_result=True)
+    def task(n: int) -> None: ...
+
+    events, disconnect = _trace_publishes(app, task, monkeypatch)
     try:
         first, second = task.delay(1), task.delay(1)
     finally:
-        before_task_publish.disconnect(built, sender=task.name)
-        after_task_publish.disconnect(sent, sender=task.name)
+        disconnect()
     assert second.id == first.id
-    # the round trip overlaps building the message; a duplicate stops before it is sent
-    assert events == ["message built", "answer read", "sent", "message built", "answer read"]
+    # before_task_publish fires only for the message that is sent, after_task_publish too
+    assert events == ["answer read", "message built", "sent", "answer read"]
     assert _queued(app) == 1
+    # as Celery's own handle of an ignore_result task: .get() returns at once
+    assert first.ignored is True and second.ignored is True
+    assert second.get(timeout=1) is None
 
 
 def _queued(app: Celery) -> int:
