@@ -41,8 +41,8 @@ def test_typing_off_publishes_and_the_worker_fails_the_call_at_once(app: Celery)
     assert isinstance(result.result, TypeError) and result.state == "FAILURE"
     rt = runtime(app)
     assert rt.counters["retried"] == 0  # no retry can fix a call that does not fit
-    [letter] = rt.store.dead_letters()
-    assert letter.task_id == result.id
+    letter = rt.store.get_dead_letter(result.id)
+    assert letter is not None and letter.record.reason == "permanent_error"
 
 
 @pytest.mark.skipif(not hasattr(Task, "_dump_pydantic_arguments"),
