@@ -29,9 +29,9 @@ from celery_reliable.dlq.model import Entry, ReplayResult
 from celery_reliable.errors import ReliableError
 from celery_reliable.runtime import reset, runtime
 from celery_reliable.states import TERMINAL, State, TaskState, Transition, queries, recorder
-from celery_reliable.states import reset as reset_states
 from celery_reliable.states.runtime import state_store
 from celery_reliable.states.stores.memory import MemoryStateStore
+from celery_reliable.stores import open_store
 from celery_reliable.stores.memory import MemoryStore
 from celery_reliable.testing import report
 from celery_reliable.testing.clock import Clock
@@ -284,24 +284,26 @@ def use_store(app: Celery, url: str | None = None, *, eager: bool = False
         yield Harness(app, url, prefix, clock, eager)
     finally:
         try:
-            _drop(app)
-        finally:
             reset(app)
+            _drop(url, prefix)
+        finally:
             overrides.restore()
 
 
-def _drop(app: Celery) -> None:
-    """Write the buffered states, then drop the test's prefix (not for memory://: the
-    reset throws that store away)."""
-    reset_states(app)
-    store = runtime(app).store
-    if isinstance(store, MemoryStore):
+def _drop(url: str, prefix: str) -> None:
+    """Drop the test's prefix, once the app's runtime is closed: its last writes (the
+    buffered states, the retry budget's pending deposits) land before, not after.
+    Not for memory://: the reset threw that store away."""
+    if url.startswith("memory:"):
         return
+    store = open_store(url, prefix=prefix)
     try:
         store.drop()
     except ReliableError as exc:  # the test's outcome matters more than its litter
         logger.warning("celery_reliable.testing: could not drop the test's store prefix "
-                       "%s in %s: %s", runtime(app).settings.key_prefix, store.url, exc)
+                       "%s in %s: %s", prefix, url, exc)
+    finally:
+        store.close()
 
 
 def _task_id(task: TaskRef | None) -> str:
