@@ -245,3 +245,56 @@ def dead_records(store: Any, limit: int = 100) -> list[Any]:
     from celery_reliable.stores.model import DeadLetterQuery
 
     return [e.record for e in store.list_dead_letters(DeadLetterQuery(), limit).entries]
+
+
+class Beat:
+    """``celery -A <app> beat -S <scheduler>`` in its own process group."""
+
+    def __init__(
+        self, env: Mapping[str, str], log: Path, *, app: str = "tests.apps.shop",
+        scheduler: str = "celery_reliable.beat:PersistentScheduler",
+        schedule_file: Path | None = None,
+    ) -> None:
+        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.cmd = [
+            sys.executable, "-m", "celery", "-A", app, "beat", "-S", scheduler,
+            *(["-s", str(schedule_file)] if schedule_file is not None else []),
+            "--loglevel", "INFO",
+        ]
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Beat:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=ROOT,
+                                         start_new_session=True)
+        wait_for(self._started, 30, f"beat to start (log: {self.log})")
+        return self
+
+    def _started(self) -> bool:
+        if b"beat: Starting" in self.log.read_bytes():
+            return True
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"beat exited:\n{self.log.read_text()[-3000:]}")
+        return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=15)
+
+
+@contextmanager
+def beats(env: Mapping[str, str], log_dir: Path, count: int, **kwargs: Any) -> Iterator[list[Beat]]:
+    """``count`` beat processes on the same schedule, each with its own schedule file
+    (a database scheduler does not use it)."""
+    running: list[Beat] = []
+    try:
+        for i in range(count):
+            running.append(Beat(env, log_dir / f"beat{i}.log",
+                                schedule_file=log_dir / f"beat{i}.schedule", **kwargs).start())
+        yield running
+    finally:
+        for beat in running:
+            beat.kill(signal.SIGTERM)

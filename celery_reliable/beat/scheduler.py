@@ -13,7 +13,6 @@ producer's dedupe answers it with the first publish, the worker's claim backs th
 
 from __future__ import annotations
 
-import copy
 import logging
 from datetime import datetime
 from typing import Any
@@ -61,9 +60,16 @@ class SlotKeys:
                 "reliable_beat_missed_slots is 'skip'", entry.name, slot.isoformat(), late,
             )
             return None
-        keyed = copy.copy(entry)
-        headers = dict(entry.options.get("headers") or {})
+        # The slot header goes on the entry's options for this send only.  Not on a copy
+        # of the entry: an entry class may not copy (django-celery-beat's ModelEntry is
+        # built from its database row, and copy.copy calls it with ScheduleEntry's
+        # arguments), and the scheduler may keep the entry it passed in.
+        own = entry.options
+        headers = dict(own.get("headers") or {})
         headers[HEADER_SLOT] = slots.key(entry.name, slot)
-        keyed.options = {**entry.options, "headers": headers}
-        return super().apply_async(  # type: ignore[misc]
-            keyed, producer=producer, advance=False, **kwargs)
+        entry.options = {**own, "headers": headers}
+        try:
+            return super().apply_async(  # type: ignore[misc]
+                entry, producer=producer, advance=False, **kwargs)
+        finally:
+            entry.options = own

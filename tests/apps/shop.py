@@ -16,32 +16,12 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.schedules import crontab
 from flask import Flask, current_app
 
 from celery_reliable import ARGUMENTS, PermanentError, ReliableTask
-
-COUNTER_URL = "redis://127.0.0.1:6379/13"
-
-
-class Counter:
-    """Effects counted outside the worker: ``INCR <prefix>:<event>:<id>``."""
-
-    def __init__(self, prefix: str, url: str = COUNTER_URL) -> None:
-        self.prefix = prefix
-        self.client = redis.Redis.from_url(url, decode_responses=True)
-
-    def incr(self, event: str, ident: Any) -> int:
-        return int(self.client.incr(f"{self.prefix}:{event}:{ident}"))
-
-    def get(self, event: str, ident: Any) -> int:
-        return int(self.client.get(f"{self.prefix}:{event}:{ident}") or 0)
-
-    def total(self, event: str) -> int:
-        keys = list(self.client.scan_iter(f"{self.prefix}:{event}:*", count=1000))
-        return sum(int(v or 0) for v in self.client.mget(keys)) if keys else 0
+from tests.apps.counter import COUNTER_URL, Counter
 
 
 def fast_clock() -> datetime:

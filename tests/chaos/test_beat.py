@@ -7,70 +7,25 @@ Redis outside the processes; the tests count runs per slot instead of reading lo
 from __future__ import annotations
 
 import itertools
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
 from celery_reliable.states import State, queries
-from tests.harness import ROOT, wait_for
+from tests.harness import Beat, beats, wait_for
 from tests.shopfixture import Shop
 
 pytestmark = pytest.mark.chaos
 
 
-class Beat:
-    """``celery -A tests.apps.shop beat`` with the slot-keyed scheduler, its own file."""
-
-    def __init__(self, shop: Shop, schedule_file: Path, log: Path) -> None:
-        self.env = {**os.environ, **shop.env, "PYTHONPATH": str(ROOT)}
-        self.cmd = [
-            sys.executable, "-m", "celery", "-A", "tests.apps.shop", "beat",
-            "-S", "celery_reliable.beat:PersistentScheduler", "-s", str(schedule_file),
-            "--loglevel", "INFO",
-        ]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Beat:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=ROOT,
-                                         start_new_session=True)
-        wait_for(lambda: b"beat: Starting" in self.log.read_bytes(), 30, "beat to start")
-        return self
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=15)
-
-
-@contextmanager
-def beats(shop: Shop, count: int) -> Iterator[list[Beat]]:
-    running = [Beat(shop, shop.log_dir / f"beat{i}.schedule", shop.log_dir / f"beat{i}.log").start()
-               for i in range(count)]
-    try:
-        yield running
-    finally:
-        for beat in running:
-            beat.kill(signal.SIGTERM)
-
-
 def runs_per_slot(shop: Shop) -> dict[str, int]:
-    client, prefix = shop.counter.client, shop.env["TEST_PREFIX"]
-    names = sorted(client.scan_iter(f"{prefix}:slot:*", count=1000))
-    return {n.split(":slot:", 1)[1]: int(client.get(n) or 0) for n in names}
+    return shop.counter.per_ident("slot")
 
 
-def _consecutive(keys: list[str], step: float) -> bool:
+def consecutive(keys: list[str], step: float) -> bool:
     """Whether the slots of ``keys`` (``beat:tick:<UTC time>Z``) follow each other."""
     times = [datetime.strptime(k[len("beat:tick:"):], "%Y-%m-%dT%H:%M:%SZ")
              .replace(tzinfo=timezone.utc).timestamp() for k in keys]
@@ -86,14 +41,14 @@ def test_two_beats_run_every_slot_exactly_once(
              {"TEST_BEAT": "crontab", "TEST_CLOCK_START": str(time.time()),
               "TEST_CLOCK_SPEED": "30"})
     shop = make_shop("redis", "redis", **extra)
-    with shop.worker(pool="prefork", concurrency=2), beats(shop, 2):
+    with shop.worker(pool="prefork", concurrency=2), beats(shop.env, shop.log_dir, 2):
         time.sleep(20)  # the run's length: about ten slots go by
     wait_for(lambda: shop.store.pending_count() == 0, 30, "the last slot's run to finish")
     runs = runs_per_slot(shop)
     assert 8 <= len(runs) <= 12, runs  # about ten slots: not one, not twenty
     assert set(runs.values()) == {1}, f"a slot ran twice or never: {runs}"
     step = 2.0 if schedule == "interval" else 60.0
-    assert _consecutive(sorted(runs), step), f"a slot was skipped: {sorted(runs)}"
+    assert consecutive(sorted(runs), step), f"a slot was skipped: {sorted(runs)}"
 
 
 def test_beat_killed_and_restarted_inside_a_slot_does_not_run_it_twice(
@@ -104,12 +59,12 @@ def test_beat_killed_and_restarted_inside_a_slot_does_not_run_it_twice(
     shop = make_shop("redis", "redis", TEST_BEAT="interval:8")
     schedule_file, log = shop.log_dir / "killed.schedule", shop.log_dir / "killed.log"
     with shop.worker():
-        beat = Beat(shop, schedule_file, log).start()
+        beat = Beat(shop.env, log, schedule_file=schedule_file).start()
         try:
             wait_for(lambda: len(runs_per_slot(shop)) == 1, 30, "the first slot's run")
             beat.kill()  # SIGKILL: nothing synced since start-up
             slot = next(iter(runs_per_slot(shop)))
-            beat = Beat(shop, schedule_file, log).start()
+            beat = Beat(shop.env, log, schedule_file=schedule_file).start()
             wait_for(lambda: len({t.task_id for t in queries.timeline(shop.app, key=slot)}) == 2,
                      20, "the restarted beat to send the slot again")
             wait_for(lambda: len(runs_per_slot(shop)) == 2, 30, "the next slot's run")

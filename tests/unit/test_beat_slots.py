@@ -68,7 +68,7 @@ def test_aligned_intervals_are_due_once_per_boundary_whenever_beat_started() -> 
 
 
 class _Recording:
-    """A scheduler base that records what it would send instead of sending."""
+    """A scheduler base that records the options it would send with instead of sending."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -76,7 +76,7 @@ class _Recording:
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True,
                     **_: Any) -> Any:
-        self.sent.append(entry)
+        self.sent.append(entry.options)
         return entry
 
     def reserve(self, entry: Any) -> Any:
@@ -105,10 +105,33 @@ def test_a_reliable_entry_is_sent_with_its_slot_key_and_a_plain_one_unchanged(ap
     reliable = _entry(app, "shop.refresh", 30, at("2026-12-07T10:00:01"), now)
     scheduler.apply_async(reliable, advance=False)
     sent = scheduler.sent[-1]
-    assert sent.options["headers"] == {"x": 1, HEADER_SLOT: "beat:refresh:2026-12-07T10:00:30Z"}
+    assert sent["headers"] == {"x": 1, HEADER_SLOT: "beat:refresh:2026-12-07T10:00:30Z"}
     assert reliable.options["headers"] == {"x": 1}  # the entry itself is not changed
     scheduler.apply_async(_entry(app, "shop.plain", 30, now, now), advance=False)
-    assert HEADER_SLOT not in scheduler.sent[-1].options["headers"]
+    assert HEADER_SLOT not in scheduler.sent[-1]["headers"]
+
+
+class _RowEntry(ScheduleEntry):  # type: ignore[misc]
+    """Shaped like django-celery-beat's ModelEntry: built from its database row, so
+    ``copy.copy`` (which calls it with ScheduleEntry's arguments) cannot rebuild it."""
+
+    def __init__(self, row: dict[str, Any], app: Celery | None = None) -> None:
+        super().__init__(app=app, **row)
+
+
+def test_an_entry_built_from_a_row_is_sent_with_its_slot_key(app: Celery) -> None:
+    @app.task(base=ReliableTask, shared=False, name="shop.refresh")
+    def refresh() -> None: ...
+
+    now = at("2026-12-07T10:00:31")
+    row = {"name": "refresh", "task": "shop.refresh", "last_run_at": at("2026-12-07T10:00:01"),
+           "schedule": schedule(timedelta(seconds=30), nowfun=lambda: now),
+           "options": {"headers": {"periodic_task_name": "refresh"}}}
+    entry = _RowEntry(row, app=app)
+    scheduler = _Keyed(app)
+    scheduler.apply_async(entry, advance=False)
+    assert scheduler.sent[-1]["headers"][HEADER_SLOT] == "beat:refresh:2026-12-07T10:00:30Z"
+    assert entry.options == {"headers": {"periodic_task_name": "refresh"}}
 
 
 def test_skip_leaves_out_a_slot_reached_late(app: Celery) -> None:
