@@ -60,9 +60,11 @@ class Runtime:
                         raise ConfigurationError(
                             self.spelling.missing("store_url", "redis://127.0.0.1:6379/1")
                         )
-                    self._store = open_store(
+                    store = open_store(
                         url, prefix=self.settings.key_prefix, shards=self.settings.redis_shards
                     )
+                    store.outage_after = 2 * self.settings.rescue_interval
+                    self._store = store
         return self._store
 
     @property

@@ -18,6 +18,18 @@ was taken over cannot complete or release the new owner's claim.
 
 Times are the store's own clock where it has one (Redis ``TIME``), so leases do
 not depend on the workers' clocks agreeing.
+
+**The lease clock.**  Leases and rescue deadlines are measured on a clock kept
+in the store that stops while nobody reaches the store: wall time minus every
+silence longer than :attr:`Store.outage_after` (no operation from any worker,
+as when the store restarts or is cut off from all of them).  Nobody could renew
+a lease during such a silence, so its lapse would prove nothing about the
+owner: after it, each lease has the time it had left when the silence began,
+and neither a claim nor the rescuer takes it over before its owner had that
+long to renew it.  Operations write the clock's "last seen" stamp (at most every
+:func:`decisions.refresh_every`); a store in use never pauses.  What a lease
+cannot tell apart: one worker cut off from a store that the others still reach
+(docs/crash-recovery.md, "What a lease protects").
 """
 
 from __future__ import annotations
@@ -77,6 +89,11 @@ class Store(abc.ABC):
     """One backend. Chosen by URL scheme through :func:`celery_reliable.stores.open_store`."""
 
     url: str
+    #: Seconds without any operation after which the store counts the silence as an
+    #: outage and stops its lease clock for it (see the module's docstring).  The
+    #: runtime sets it to twice ``reliable_rescue_interval``: the sweeping worker
+    #: touches the store that often, so a quiet but healthy deployment never pauses.
+    outage_after: float = 10.0
 
     # -- producer side -------------------------------------------------------
     @abc.abstractmethod

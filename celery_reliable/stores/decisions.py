@@ -20,6 +20,47 @@ from celery_reliable.stores.model import (
 
 
 @dataclass(frozen=True)
+class LeaseClock:
+    """The store's lease clock, as stored: wall time minus every silence it excused.
+
+    Leases and rescue deadlines are measured on it, so a lease cannot lapse while
+    nobody could renew it (see :meth:`Store.lease_now`).
+    """
+
+    seen: float
+    """Wall time of the latest operation (to within :func:`refresh_every`)."""
+    paused: float = 0.0
+    """Seconds of silence excused so far: lease time is wall time minus this."""
+
+
+def refresh_every(outage_after: float) -> float:
+    """How stale ``seen`` may grow before an operation writes it again: often enough
+    that steady traffic never looks like a silence, seldom enough to cost nothing."""
+    return min(1.0, outage_after / 4)
+
+
+def lease_clock(
+    current: LeaseClock | None, wall: float, outage_after: float
+) -> tuple[float, LeaseClock | None]:
+    """The paused seconds at ``wall``, and the clock to write (None: leave it).
+
+    A silence (no operation since ``seen``) longer than ``outage_after`` is excused
+    whole: whoever held a lease when it began gets back the time it had left.  A
+    shorter one counts.  Readers that write nothing (a lookup) get the same answer
+    the next writer will store.
+    """
+    if current is None:
+        return 0.0, LeaseClock(wall)
+    silence = wall - current.seen
+    if silence > outage_after:
+        after = LeaseClock(wall, current.paused + silence)
+        return after.paused, after
+    if silence >= refresh_every(outage_after):
+        return current.paused, LeaseClock(wall, current.paused)
+    return current.paused, None
+
+
+@dataclass(frozen=True)
 class PublishDecision:
     outcome: PublishOutcome
     write: KeyState | None = None

@@ -48,6 +48,21 @@ class MemoryStore(Store):
         self._sweeper: tuple[str, float] | None = None
         self._budget: dict[tuple[str, str, int], int] = {}  # (scope, f|r, second) -> count
         self._breakers: dict[str, decisions.Breaker] = {}
+        self._lease_clock: decisions.LeaseClock | None = None
+
+    def _lease_now(self) -> float:
+        """Now on the lease clock (see :mod:`.base`), noting this operation on it.
+
+        Silences are measured in real time (``time.monotonic``), not on ``clock``: a
+        test that moves ``clock`` forward means time passing with the store in use
+        (a lease lapses), while a test that really waits without calling the store
+        is an outage."""
+        paused, after = decisions.lease_clock(
+            self._lease_clock, time.monotonic(), self.outage_after
+        )
+        if after is not None:
+            self._lease_clock = after
+        return self.clock() - paused
 
     def _key(self, key: str) -> KeyState | None:
         entry = self._keys.get(key)
@@ -61,26 +76,31 @@ class MemoryStore(Store):
 
     def publish(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> PublishOutcome:
         with self._lock:
-            now = self.clock()
+            now = self._lease_now()
             decision = decisions.publish(
                 self._key(record.key), record.fingerprint, record.task_id, dedupe
             )
             if decision.write is not None:
                 self._keys[record.key] = (decision.write, None)
             if decision.persist:
-                self._records[record.task_id] = replace(record, published_at=now, state="queued")
+                self._records[record.task_id] = replace(
+                    record, published_at=self.clock(), state="queued"
+                )
                 self._due[record.task_id] = now + deadline_in
             return decision.outcome
 
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
         with self._lock:
-            return decisions.lookup(self._key(key), fingerprint, self.clock())
+            paused, _ = decisions.lease_clock(  # read only: a lookup writes nothing
+                self._lease_clock, time.monotonic(), self.outage_after
+            )
+            return decisions.lookup(self._key(key), fingerprint, self.clock() - paused)
 
     def claim(
         self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
     ) -> Claim:
         with self._lock:
-            now = self.clock()
+            now = self._lease_now()
             letter = self._dead.get(task_id)
             decision = decisions.claim(
                 self._key(key), fingerprint, task_id, owner, lease, max_lost, now,
@@ -100,7 +120,7 @@ class MemoryStore(Store):
 
     def heartbeat(self, leases: Sequence[Lease], lease: float) -> list[bool]:
         with self._lock:
-            now = self.clock()
+            now = self._lease_now()
             out = []
             for item in leases:
                 current = self._key(item.key)
@@ -194,7 +214,7 @@ class MemoryStore(Store):
 
     def sweep(self, policy: SweepPolicy) -> list[TaskRecord]:
         with self._lock:
-            now = self.clock()
+            now = self._lease_now()
             due = sorted((d, t) for t, d in self._due.items() if d <= now)[: policy.limit]
             taken = []
             for _, task_id in due:

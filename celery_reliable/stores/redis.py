@@ -10,11 +10,15 @@ modulo ``reliable_redis_shards``)::
     {reliable:S}:dead         dead letters: task id -> time (ms)
     {reliable:S}:dead:n:<name>, :dead:r:<reason>, :dead:e:<exception type>,
     {reliable:S}:dead:q:<queue>   the same, per filter value (listing without a scan)
+    {reliable:S}:clock        the lease clock (hash: last seen, paused ms; lua/common.lua)
     {reliable}:sweeper        the one-sweeper-at-a-time lease
 
 Everything one script touches shares the ``{reliable:S}`` hash tag, so the
 store works on Redis Cluster; more shards spread the load over more slots.
 Times come from the server's ``TIME``: leases do not depend on worker clocks.
+Leases and rescue deadlines are on each shard's lease clock (``stores/base.py``),
+which stops while nobody reaches the store: a restart or an outage that cut off
+every worker lapses no lease.
 
 This module holds the task's path (publish, claim, heartbeat, complete, rescue);
 the dead-letter index is in ``redis_dead_letters.py``, retry budgets and circuit
@@ -83,10 +87,10 @@ class RedisStore(RedisDeadLetters, RedisLimits):
     def _publish_call(
         self, record: TaskRecord, deadline_in: float, dedupe: bool
     ) -> tuple[list[str], list[Any]]:
-        return list(self._names(record.key, record.task_id)), [
+        return [*self._names(record.key, record.task_id), self._clock(record.key)], [
             record.task_id, record.fingerprint, "1" if dedupe else "0", ms(deadline_in),
             STALE_TTL_MS, record.name, record.key, record.body, record.content_type,
-            record.content_encoding, record.options,
+            record.content_encoding, record.options, ms(self.outage_after),
         ]
 
     @guarded
@@ -102,8 +106,15 @@ class RedisStore(RedisDeadLetters, RedisLimits):
 
     @guarded
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
-        status, task_id = self._run("lookup", [self._names(key, "")[0]], [fingerprint])
+        status, task_id = self._run("lookup", *self._lookup_call(key, fingerprint))
         return PublishOutcome(PublishStatus(status), expand_id(task_id))
+
+    def _lookup_call(self, key: str, fingerprint: str) -> tuple[list[str], list[Any]]:
+        return [self._names(key, "")[0], self._clock(key)], [fingerprint, ms(self.outage_after)]
+
+    def _clock(self, key: str) -> str:
+        """The lease clock of ``key``'s shard (every script shares its hash tag)."""
+        return f"{self._tag(key)}:clock"
 
     def publish_soon(self, record: TaskRecord, deadline_in: float, dedupe: bool) -> Answer:
         own = record.task_id
@@ -124,7 +135,7 @@ class RedisStore(RedisDeadLetters, RedisLimits):
 
     def lookup_soon(self, key: str, fingerprint: str) -> Answer:
         return self._soon(
-            "lookup", [self._names(key, "")[0]], [fingerprint],
+            "lookup", *self._lookup_call(key, fingerprint),
             lambda: self.lookup(key, fingerprint),
             lambda reply, again: PublishOutcome(PublishStatus(reply[0]), expand_id(reply[1])),
         )
@@ -185,8 +196,9 @@ class RedisStore(RedisDeadLetters, RedisLimits):
         self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
     ) -> tuple[list[str], list[Any]]:
         state, record, due = self._names(key, task_id)
-        return [state, record, due, f"{self._tag(key)}:d:{task_id}"], [
-            fingerprint, task_id, owner, ms(lease), max_lost, STALE_TTL_MS, compact_id(task_id)
+        return [state, record, due, f"{self._tag(key)}:d:{task_id}", self._clock(key)], [
+            fingerprint, task_id, owner, ms(lease), max_lost, STALE_TTL_MS, compact_id(task_id),
+            ms(self.outage_after),
         ]
 
     @guarded
@@ -194,10 +206,12 @@ class RedisStore(RedisDeadLetters, RedisLimits):
         if not leases:
             return []
         pipe = self.client.pipeline(transaction=False)
+        outage = ms(self.outage_after)
         for item in leases:
             state, _, due = self._names(item.key, item.task_id)
             self._scripts["heartbeat"](
-                keys=[state, due], args=[item.owner, item.task_id, ms(lease)], client=pipe
+                keys=[state, due, self._clock(item.key)],
+                args=[item.owner, item.task_id, ms(lease), outage], client=pipe,
             )
         return [bool(ok) for ok in pipe.execute()]
 
@@ -279,9 +293,9 @@ class RedisStore(RedisDeadLetters, RedisLimits):
             tag = f"{{{self.prefix}:{shard}}}"
             rows = self._run(
                 "sweep",
-                [f"{tag}:due"],
+                [f"{tag}:due", f"{tag}:clock"],
                 [f"{tag}:t:", policy.limit, ms(policy.rescue_after), ms(policy.backoff_cap),
-                 f"{tag}:k:"],
+                 f"{tag}:k:", ms(self.outage_after)],
             )
             for task_id, *values in rows:
                 taken.append(record_of(task_id, dict(zip(RECORD_FIELDS, values, strict=True))))
@@ -313,12 +327,14 @@ class RedisStore(RedisDeadLetters, RedisLimits):
         pipe.hgetall(record)
         pipe.get(state)
         pipe.hgetall(f"{self._tag(key)}:d:{task_id}")
-        values, raw_state, dead = pipe.execute()
+        pipe.hget(self._clock(key), "p")
+        values, raw_state, dead, paused = pipe.execute()
         if not values:
             return record_of(task_id, dead) if dead else None
         if values.get("state") == "queued" and raw_state and raw_state.startswith("["):
             current = json.loads(raw_state)
-            live = current[4] / 1000 > time.time()  # inspection only: the local clock will do
+            # inspection only: the local clock on the lease clock will do
+            live = (current[4] + int(paused or 0)) / 1000 > time.time()
             if current[0] == "R" and current[2] == task_id and live:
                 values["state"] = "running"  # the claim records it in the key only
         return record_of(task_id, values)

@@ -19,7 +19,12 @@ of failing at once.
 Clock.  Times are the calling worker's ``time.time()``, stored as seconds in
 DOUBLE columns, so unlike Redis, leases depend on the workers' clocks agreeing:
 keep them NTP-synced.  A clock running ahead takes live leases over early (a
-duplicate run); one running behind rescues late.
+duplicate run); one running behind rescues late.  Leases and deadlines are on the
+lease clock (``stores/base.py``): wall time minus the silences kept in the
+``p_clock`` row.  A transaction reads that row first (before any key or task row,
+so the row locks keep one order) and writes it at most every
+:func:`decisions.refresh_every`; a process that read it within half of that
+uses what it read, so the row costs most operations nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from sqlalchemy import (
 
 from celery_reliable.errors import ConfigurationError
 from celery_reliable.stores import decisions, migrations
+from celery_reliable.stores.migrations import CLOCK_ROW
 from celery_reliable.stores.model import (
     Claim,
     Failure,
@@ -92,6 +98,32 @@ class SQLStore(SQLDeadLetters, SQLLimits):
         self.dialect = "mysql" if name == "mariadb" else name
         self._reader = self.engine.execution_options(**{READ_ONLY_OPTION: True})
         self._schema_checked = False
+        #: (time.monotonic() when read, paused seconds) of the lease clock row
+        self._clock_read: tuple[float, float] = (-1e9, 0.0)
+
+    # -- the lease clock ---------------------------------------------------------------
+    def _paused(self, conn: Connection, write: bool = True) -> float:
+        """Seconds the lease clock has paused so far (lease time = wall time minus this),
+        noting this operation on it; call it before locking any other row."""
+        read_at, paused = self._clock_read
+        checked = time.monotonic()
+        if checked - read_at < decisions.refresh_every(self.outage_after) / 2:
+            # This process reached the store that recently: no silence since.
+            return paused
+        c = self.schema.clock
+        row = conn.execute(select(c.c.seen, c.c.paused).where(c.c.name == CLOCK_ROW)).first()
+        if row is None:  # the migration seeds it; a row deleted by hand counts nothing
+            return 0.0
+        paused, after = decisions.lease_clock(
+            decisions.LeaseClock(row.seen, row.paused), time.time(), self.outage_after
+        )
+        if after is not None and write:
+            # Only if nobody moved it since it was read: who did saw the same silence.
+            conn.execute(update(c).where(c.c.name == CLOCK_ROW, c.c.seen == row.seen)
+                         .values(seen=after.seen, paused=after.paused))
+        if write:
+            self._clock_read = (checked, paused)
+        return paused
 
     # -- row helpers -------------------------------------------------------------------
     def _lock_key(self, conn: Connection, key: str) -> _Locked:
@@ -175,6 +207,7 @@ class SQLStore(SQLDeadLetters, SQLLimits):
     ) -> list[PublishOutcome]:
         k, t = self.schema.keys, self.schema.tasks
         names = sorted({record.key for record, _ in records})  # one lock order
+        paused = self._paused(conn)
         rows = conn.execute(
             select(k).where(self.among(k.c.key, names)).order_by(k.c.key).with_for_update()
         ).mappings().all()
@@ -193,7 +226,9 @@ class SQLStore(SQLDeadLetters, SQLLimits):
             if decision.persist:
                 saved = replace(record, published_at=now, state="queued", reason=None,
                                 error=None, dead_at=None)
-                fresh[record.task_id] = {**_shallow(saved), "deadline": now + deadline_in}
+                fresh[record.task_id] = {
+                    **_shallow(saved), "deadline": now - paused + deadline_in,
+                }
             outcomes.append(decision.outcome)
         key_rows = [{"key": key, **_shallow(state), "expires_at": None}
                     for key, state in keys.items()]
@@ -209,6 +244,7 @@ class SQLStore(SQLDeadLetters, SQLLimits):
     def _publish(
         self, conn: Connection, record: TaskRecord, deadline_in: float, dedupe: bool
     ) -> PublishOutcome:
+        paused = self._paused(conn)
         locked = self._lock_key(conn, record.key)
         now = locked.now
         decision = decisions.publish(locked.state, record.fingerprint, record.task_id, dedupe)
@@ -218,19 +254,21 @@ class SQLStore(SQLDeadLetters, SQLLimits):
             fresh = replace(
                 record, published_at=now, state="queued", reason=None, error=None, dead_at=None,
             )
-            self._save_record(conn, {**asdict(fresh), "deadline": now + deadline_in})
+            self._save_record(conn, {**asdict(fresh), "deadline": now - paused + deadline_in})
         return decision.outcome
 
     def lookup(self, key: str, fingerprint: str) -> PublishOutcome:
-        return decisions.lookup(self.get_key(key), fingerprint, time.time())
+        paused = self._read(lambda conn: self._paused(conn, write=False))
+        return decisions.lookup(self.get_key(key), fingerprint, time.time() - paused)
 
     # -- consumer side -----------------------------------------------------------------
     def claim(
         self, key: str, fingerprint: str, task_id: str, owner: str, lease: float, max_lost: int
     ) -> Claim:
         def work(conn: Connection) -> Claim:
+            paused = self._paused(conn)
             locked = self._lock_key(conn, key)
-            now = locked.now
+            now = locked.now - paused  # on the lease clock
             decision = decisions.claim(
                 locked.state, fingerprint, task_id, owner, lease, max_lost, now,
                 dead_lettered=decisions.may_be_dead_letter(locked.state, task_id)
@@ -261,6 +299,7 @@ class SQLStore(SQLDeadLetters, SQLLimits):
         k = self.schema.keys
 
         def work(conn: Connection) -> list[bool]:
+            paused = self._paused(conn)
             # One statement locks all the rows, in key order: heartbeats cannot deadlock.
             query = select(k).where(k.c.key.in_(sorted({i.key for i in leases}))).order_by(k.c.key)
             rows = conn.execute(query.with_for_update()).mappings().all()
@@ -268,10 +307,9 @@ class SQLStore(SQLDeadLetters, SQLLimits):
             live = {row["key"]: _live_state(row, now) for row in rows}
             renewed = [i for i in leases if _owned(live.get(i.key), i.owner)]
             if renewed:
-                keys = [i.key for i in renewed]
-                conn.execute(update(k).where(k.c.key.in_(keys)).values(lease_until=now + lease))
-                self._move_deadline(conn, [i.task_id for i in renewed], now + lease,
-                                    later_only=True)
+                keys, until = [i.key for i in renewed], now - paused + lease
+                conn.execute(update(k).where(k.c.key.in_(keys)).values(lease_until=until))
+                self._move_deadline(conn, [i.task_id for i in renewed], until, later_only=True)
             return [i in renewed for i in leases]
 
         return self._write(work)
@@ -370,7 +408,7 @@ class SQLStore(SQLDeadLetters, SQLLimits):
         )
 
         def work(conn: Connection) -> list[TaskRecord]:
-            now = time.time()
+            now = time.time() - self._paused(conn)  # on the lease clock
             rows = conn.execute(self.due_query(now, policy.limit)).mappings().all()
             if rows:
                 conn.execute(move, [

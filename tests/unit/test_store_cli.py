@@ -49,12 +49,14 @@ def test_migrate_creates_the_schema_once_and_check_then_passes(
     assert refused.exit_code == 2 and "reliable-store migrate" in refused.output
     created = run(app, "migrate")  # says what it did: versions and tables
     assert created.exit_code == 0, created.output
-    assert f"store {url}: migrated from no schema to version 4" in created.output
-    assert "created 10 tables: reliable_breakers, " in created.output
-    assert "4: dead-letter index" in created.output and "up to date" not in created.output
+    assert f"store {url}: migrated from no schema to version 5" in created.output
+    assert "created 11 tables: reliable_breakers, reliable_budget, reliable_clock," in (
+        created.output
+    )
+    assert "5: lease clock" in created.output and "up to date" not in created.output
     again = run(app, "migrate")  # idempotent: a step run twice does nothing the second time
     assert again.exit_code == 0, again.output
-    assert again.output == f"store {url}: schema version 4, already up to date\n"
+    assert again.output == f"store {url}: schema version 5, already up to date\n"
     open_store(url).ping()
     state_store(app).stuck(60)  # the states share the store's database and schema
     checked = run(app, "check")

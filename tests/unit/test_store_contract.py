@@ -116,6 +116,61 @@ def test_heartbeat_keeps_the_lease(any_store: Store) -> None:
         time.sleep(0.2)
 
 
+def outage(seconds: float) -> None:
+    """What a store sees of an outage that cuts every worker off (it restarts, or its
+    network is down): no operation at all for ``seconds``.  The sleep is the outage
+    itself, not a wait for a condition."""
+    time.sleep(seconds)
+
+
+def test_a_lease_that_lapses_while_nobody_reaches_the_store_is_not_taken_over(
+    any_store: Store,
+) -> None:
+    any_store.outage_after = 0.3
+    rec = record("k")
+    assert any_store.publish(rec, 60, dedupe=True).status is PublishStatus.NEW
+    assert any_store.claim("k", FP, rec.task_id, "a", 1.0, max_lost=3).runs
+    outage(1.5)  # longer than the lease: nobody could renew it
+    # The lease still has the second it had left when the silence began...
+    busy = any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3)
+    assert busy.status is ClaimStatus.BUSY, busy
+    assert 0.5 < busy.lease_left <= 1.0 + 0.3  # (+ how stale "last seen" may be)
+    assert any_store.lookup("k", FP).status is PublishStatus.IN_FLIGHT
+    assert any_store.sweep(SweepPolicy(60, 60, 10)) == []  # ...and the rescuer waits too
+    outage(1.5)  # silences add up
+    assert any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3).status is ClaimStatus.BUSY
+    # Its owner, back in touch, renews it and completes: nothing ran twice.
+    assert any_store.heartbeat([Lease("k", "a", rec.task_id)], 1.0) == [True]
+    assert any_store.complete("k", FP, "a", rec.task_id, None, retention=60)
+    assert any_store.claim("k", FP, "t2", "c", 30, max_lost=3).status is ClaimStatus.DONE
+
+
+def test_a_lease_lapses_as_usual_while_the_store_is_in_use(any_store: Store) -> None:
+    any_store.outage_after = 0.3
+    rec = record("k")
+    any_store.publish(rec, 60, dedupe=True)
+    assert any_store.claim("k", FP, rec.task_id, "a", 0.5, max_lost=3).runs
+    claims = []
+
+    def taken() -> bool:  # other workers reach the store every 20 ms meanwhile
+        claims.append(any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3))
+        return claims[-1].runs
+
+    wait_until(taken)
+    assert claims[-1].status is ClaimStatus.TAKEN_OVER
+
+
+def test_a_silence_shorter_than_outage_after_counts(any_store: Store) -> None:
+    any_store.outage_after = 5.0
+    rec = record("k")
+    any_store.publish(rec, 60, dedupe=True)
+    assert any_store.claim("k", FP, rec.task_id, "a", 0.3, max_lost=3).runs
+    outage(0.6)  # twice the lease, but no outage to the store: its owner could renew
+    assert any_store.claim("k", FP, rec.task_id, "b", 30, max_lost=3).status is (
+        ClaimStatus.TAKEN_OVER
+    )
+
+
 def test_a_heartbeat_never_pulls_a_republished_retry_forward(any_store: Store) -> None:
     # The body failed and republished itself for a retry (due after its countdown);
     # a heartbeat that lands before the release must not make it due at the lease's end.

@@ -1,8 +1,8 @@
 -- KEYS: state, record, due (the record is only deleted here, when a copy is absorbed),
---       this task's dead letter
+--       this task's dead letter, lease clock
 -- ARGV: fingerprint, task_id, owner, lease_ms, max_lost, stale_ttl_ms, compact task_id
---       (how a done key keeps it)
-local now = now_ms()
+--       (how a done key keeps it), outage_ms
+local now = lease_now(KEYS[5], ARGV[8], true)
 local cur = get_state(KEYS[1])
 local lost = 0
 local status = 'claimed'

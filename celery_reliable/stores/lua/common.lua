@@ -37,3 +37,26 @@ end
 local function set_state(key, value, ttl_ms)
   redis.call('SET', key, cjson.encode(value), 'PX', ttl_ms)
 end
+-- The lease clock (stores/base.py): leases and rescue deadlines are measured on
+-- wall time minus every silence longer than outage_ms (no operation at all, as
+-- while the store was down), so nobody's lease lapses while nobody could renew it.
+-- clock_key: hash {s = last seen (ms), p = paused so far (ms)}; written at most
+-- every refresh (stores/decisions.py lease_clock, the same rules).
+local function lease_now(clock_key, outage_ms, write)
+  local wall = now_ms()
+  outage_ms = tonumber(outage_ms)
+  local c = redis.call('HMGET', clock_key, 's', 'p')
+  local seen, paused = tonumber(c[1]), tonumber(c[2]) or 0
+  if not seen then
+    if write then redis.call('HSET', clock_key, 's', wall, 'p', 0) end
+    return wall
+  end
+  local silence = wall - seen
+  if silence > outage_ms then
+    paused = paused + silence
+    if write then redis.call('HSET', clock_key, 's', wall, 'p', paused) end
+  elseif write and silence >= math.min(1000, outage_ms / 4) then
+    redis.call('HSET', clock_key, 's', wall)
+  end
+  return wall - paused
+end

@@ -1,7 +1,8 @@
--- KEYS: state, due; ARGV: owner, task_id, lease_ms
+-- KEYS: state, due, lease clock; ARGV: owner, task_id, lease_ms, outage_ms
+local now = lease_now(KEYS[3], ARGV[4], true)
 local cur = get_state(KEYS[1])
 if (not cur) or cur[1] ~= 'R' or cur[4] ~= ARGV[1] then return 0 end
-local until_ms = now_ms() + tonumber(ARGV[3])
+local until_ms = now + tonumber(ARGV[3])
 cur[5] = until_ms
 redis.call('SET', KEYS[1], cjson.encode(cur), 'KEEPTTL')
 -- Only later: a retry republished by the body (due after its countdown) must not be

@@ -1,7 +1,8 @@
--- KEYS: due; ARGV: record key prefix, limit, rescue_after_ms, backoff_cap_ms, key prefix
+-- KEYS: due, lease clock
+-- ARGV: record key prefix, limit, rescue_after_ms, backoff_cap_ms, key prefix, outage_ms
 -- Record and key names are built here from the due set's members; they share its hash tag.
 -- A record whose key is running for it was claimed, and its lease lapsed: 'running'.
-local now = now_ms()
+local now = lease_now(KEYS[2], ARGV[6], true)
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, id in ipairs(ids) do

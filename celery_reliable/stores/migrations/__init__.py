@@ -26,6 +26,9 @@ Tables, for prefix ``p``:
 ``p_sweeper``
     a single row: the one-sweeper-at-a-time lease (seeded here, so taking it is
     one conditional UPDATE).
+``p_clock``
+    a single row (step 5): the lease clock, ``seen`` (last operation) and
+    ``paused`` (seconds of silence excused), see ``stores/base.py``.
 ``p_budget``
     retry-budget counters, one row per scope and second (first attempts and
     retries); the row at second 0 is the scope's lock, on which withdrawals
@@ -80,6 +83,7 @@ from celery_reliable.errors import StoreError
 from celery_reliable.stores.model import Migration
 
 SWEEPER_ROW = "sweeper"
+CLOCK_ROW = "lease"
 #: Seconds ``upgrade`` waits on MariaDB/MySQL for another process's migration.
 LOCK_WAIT = 60
 
@@ -130,6 +134,7 @@ class Schema:
     transitions: Table
     state_counts: Table
     dead_letters: Table
+    clock: Table
 
 
 def _table(metadata: MetaData, name: str, *items: SchemaItem) -> Table:
@@ -189,6 +194,12 @@ def schema(prefix: str) -> Schema:
         Column("probe", ExactString(255)),
         Column("probe_until", Double(), nullable=False),
     )
+    clock = _table(
+        md, f"{prefix}_clock",
+        Column("name", String(16), primary_key=True),
+        Column("seen", Double(), nullable=False),
+        Column("paused", Double(), nullable=False),
+    )
     versions = _table(
         md, f"{prefix}_schema_version",
         Column("version", Integer, primary_key=True, autoincrement=False),
@@ -199,7 +210,7 @@ def schema(prefix: str) -> Schema:
     return Schema(
         prefix, md, keys, tasks, sweeper, budget, breakers, versions,
         states=states, transitions=transitions, state_counts=state_counts,
-        dead_letters=_dead_letter_table(md, prefix),
+        dead_letters=_dead_letter_table(md, prefix), clock=clock,
     )
 
 
@@ -325,11 +336,21 @@ def _v4(conn: Connection, tables: Schema) -> None:
     conn.execute(delete(t).where(t.c.dead_at.is_not(None), t.c.deadline.is_(None)))
 
 
+def _v5(conn: Connection, tables: Schema) -> None:
+    """The lease clock: leases and deadlines written before it are on wall time, which
+    is the lease clock with nothing paused yet."""
+    clock = tables.clock
+    clock.create(conn, checkfirst=True)  # MariaDB commits it at once: this may run again
+    if conn.scalar(select(func.count()).select_from(clock)) == 0:
+        conn.execute(insert(clock).values(name=CLOCK_ROW, seen=time.time(), paused=0.0))
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "keys, tasks and sweeper tables", _v1),
     Step(2, "retry budget and circuit breaker tables", _v2),
     Step(3, "task states, transitions and state counts", _v3),
     Step(4, "dead-letter index", _v4),
+    Step(5, "lease clock", _v5),
 )
 SCHEMA_VERSION = STEPS[-1].version
 
