@@ -182,6 +182,13 @@ class Settings:
         "(doubled per try, jittered, capped at 60 s). The body never runs unguarded.",
         _number(0.1),
     )
+    complete_timeout: float = setting(
+        300.0,
+        "Seconds a task whose body finished keeps trying to record its success while the "
+        "store is unreachable, holding its lease (the message is acknowledged after). Past "
+        "it the task gives up, logs and counts it, and may run again.",
+        _number(1),
+    )
     on_key_conflict: str = setting(
         "error",
         "Same key, different arguments: 'error' refuses the call (IdempotencyKeyConflict); "

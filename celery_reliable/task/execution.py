@@ -54,10 +54,6 @@ from celery_reliable.worker.owner import owner_token
 
 logger = logging.getLogger("celery_reliable")
 
-#: completing is retried this often when the store blips: the body already ran.
-_COMPLETE_TRIES = 5
-
-
 class Execution(Outcomes):
     """ReliableTask in a worker: the claim, the body under a lease, the completion."""
 
@@ -177,8 +173,14 @@ class Execution(Outcomes):
         heartbeat = rt.heartbeat
         heartbeat.track(Lease(key, owner, task_id), settings.lease_seconds)
         request.reliable_lease = (key, owner)  # for retry(), which releases it first
+        # The lease is held until the outcome is written (the heartbeat renews it
+        # meanwhile, through a store outage too): settling from the body's end, so a
+        # renewal that races with the task's own completion or release is no alarm.
         try:
-            result = body(*args, **kwargs)
+            try:
+                result = body(*args, **kwargs)
+            finally:
+                heartbeat.settle(owner)
         except Retry as retry:
             self._release_held(request, requeued=True)
             self._record(key, State.RETRY_SCHEDULED, detail={"countdown": retry.when})
@@ -208,13 +210,17 @@ class Execution(Outcomes):
             # delivered again, or rescued when the lease lapses.
             self._release(key, owner, requeued=True)
             raise
+        else:
+            if breaker is not None:
+                self._report(breaker, None)
+            completed = self._complete(rt, request, key, fingerprint, owner, result, settings)
+            self._record(key, State.SUCCEEDED, detail=None if completed is not False else {
+                "completion_refused": "the lease had lapsed and another run took the key "
+                                      "over: the body may have run twice",
+            })
+            return result
         finally:
             heartbeat.untrack(owner)
-        if breaker is not None:
-            self._report(breaker, None)
-        self._complete(rt, request, key, fingerprint, owner, result, settings)
-        self._record(key, State.SUCCEEDED)
-        return result
 
     def retry(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's ``self.retry()``, with this delivery's lease released before Celery
@@ -228,6 +234,8 @@ class Execution(Outcomes):
         held = getattr(request, "reliable_lease", None)
         if held is not None:
             request.reliable_lease = None
+            # let go of before the release lands: a renewal in flight is no alarm
+            self.reliable.heartbeat.settle(held[1])
             self._release(held[0], held[1], requeued=requeued)
 
     def _report(self, breaker: BreakerCheck | None, exc: Exception | None) -> None:
@@ -284,32 +292,84 @@ class Execution(Outcomes):
     def _complete(
         self, rt: Runtime, request: Any, key: str, fingerprint: str, owner: str, result: Any,
         settings: Settings,
-    ) -> None:
+    ) -> bool | None:
         """Record the success; the message is acknowledged after this returns.
 
         The answer is checked when it comes (the Redis store reads it before the
-        next store call of this thread: see ``stores/redis_calls.py``); a store
-        that cannot take the call is tried again for a few seconds: the body ran.
+        next store call of this thread: see ``stores/redis_calls.py``); what this
+        returns is the answer when it came here (None: it comes later).  The body
+        ran, so a store that cannot take the call is tried again, for up to
+        ``reliable_complete_timeout``, with the lease still held and renewed: a store
+        that was down for every worker paused its lease clock, and the completion
+        lands as the owner's when it is back.
         """
         kept = keys.encode_result(result, settings.result_max_bytes)
         store, task_id = rt.store, request.id
         retention = (settings.publish_key_retention if keys.is_publish_key(key, task_id)
                      else settings.retention)
-        then = functools.partial(self._completed, self.name, task_id, key)
-        for attempt in range(_COMPLETE_TRIES):
+        answers: list[bool | None] = []
+
+        def then(ok: bool | None, error: StoreError | None) -> None:
+            answers.append(ok)
+            if ok is None:  # sent, and its answer lost with the connection: maybe it landed
+                self._finish_later(rt, key, fingerprint, owner, task_id, kept, retention,
+                                   settings, error)
+                return
+            self._completed(self.name, task_id, key, ok, error)
+
+        give_up_at = time.monotonic() + settings.complete_timeout
+        attempt = 0
+        while True:
             try:
                 store.complete_soon(
                     key, fingerprint, owner, task_id, kept, retention, then
                 )
             except StoreUnavailable as exc:
                 rt.count("store_error")
-                logger.warning("completing %s[%s]: %s", self.name, task_id, exc)
+                if attempt == 0:
+                    logger.warning(
+                        "%s[%s] finished, but the store is unreachable (%s): trying to record "
+                        "it for up to %.0f s, holding its lease", self.name, task_id, exc,
+                        settings.complete_timeout,
+                    )
+                if time.monotonic() >= give_up_at:
+                    self._completed(self.name, task_id, key, None, exc)
+                    return None
                 _sleep_backoff(attempt)
+                attempt += 1
                 continue
             if request.is_eager:
                 self._quietly("complete", store.drain)  # apply() returns a settled outcome
-            return
-        self._completed(self.name, task_id, key, None, None)
+            if attempt:
+                logger.warning("%s[%s]: recorded its success after %d tries", self.name,
+                               task_id, attempt + 1)
+            return answers[0] if answers else None
+
+    def _finish_later(
+        self, rt: Runtime, key: str, fingerprint: str, owner: str, task_id: str,
+        kept: str | None, retention: float, settings: Settings, error: StoreError | None,
+    ) -> None:
+        """A completion's answer was lost (the store went down after it was sent, and
+        the message may be acknowledged by now): the heartbeat holds the lease and makes
+        the completion again until the store answers."""
+        store, name = rt.store, self.name
+        logger.warning(
+            "%s[%s]: the answer to its completion was lost (%s); completing it again in the "
+            "background for up to %.0f s, holding its lease", name, task_id, error,
+            settings.complete_timeout,
+        )
+
+        def complete() -> bool:
+            if store.complete(key, fingerprint, owner, task_id, kept, retention):
+                return True
+            state = store.get_key(key)  # refused: unless the lost call had landed
+            return state is not None and state.state == "done" and state.task_id == task_id
+
+        rt.heartbeat.finish(
+            Lease(key, owner, task_id), settings.lease_seconds, complete,
+            time.monotonic() + settings.complete_timeout,
+            functools.partial(self._completed, name, task_id, key),
+        )
 
     def _completed(
         self, name: str, task_id: str, key: str, ok: bool | None, error: StoreError | None
@@ -322,8 +382,10 @@ class Execution(Outcomes):
             self.reliable.count("lease_lost")
             logger.error(
                 "%s[%s] finished, but its lease on key %r had lapsed and another worker "
-                "took it over: the body may run twice (raise reliable_lease_seconds, or "
-                "check the store's latency)", name, task_id, key,
+                "took it over: the body may have run twice. With the store reachable by "
+                "the other workers, this worker could not renew it (stalled, or cut off "
+                "from the store alone); raise reliable_lease_seconds or check the store's "
+                "latency", name, task_id, key,
             )
             return
         self.reliable.count("complete_failed")
@@ -332,7 +394,6 @@ class Execution(Outcomes):
             "lapses and the task will be run again", name, task_id,
             f" ({error})" if error is not None else "", key,
         )
-
 
 
 def _fits(fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -344,5 +405,8 @@ def _fits(fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     return True
 
 
+
 def _sleep_backoff(attempt: int) -> None:
-    time.sleep(min(2.0, 0.05 * 2**attempt) * random.random())
+    """Full jitter, doubling from 50 ms to at most 1 s: a store back from an outage
+    gets the completion within about a second."""
+    time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))

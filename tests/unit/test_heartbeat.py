@@ -1,20 +1,23 @@
 """The heartbeat that renews running tasks' leases (worker/heartbeat.py): it renews them,
-tells a lease another worker took over, and lives through a store outage."""
+tells a lease another worker took over (and only then: never a lease its task let go
+of while a renewal was in flight), and lives through a store outage."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 
-from celery_reliable import StoreUnavailable
+from celery_reliable import PermanentError, ReliableTask, StoreUnavailable
 from celery_reliable.runtime import runtime
 from celery_reliable.stores.memory import MemoryStore
 from celery_reliable.stores.model import Lease
 from celery_reliable.worker.heartbeat import Heartbeat
+from tests.harness import wait_for
 
 FP = "0123456789abcdef"
 
@@ -111,3 +114,71 @@ def test_a_store_outage_is_counted_and_the_next_beat_renews(
     clock.now += 10
     heartbeat.beat()
     assert lease_end(store, "a") == clock.now + 30
+
+
+def test_a_beat_after_an_outage_still_renews_settling_leases(
+    store: MemoryStore, clock: Clock, heartbeat: Heartbeat, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The body finished while the store was down: its task settles the lease and keeps
+    # trying to complete; the heartbeat keeps renewing it until the completion lands.
+    lease = claimed(store, "a", "w:1", 30)
+    heartbeat.track(lease, 30)
+    heartbeat.settle("w:1")
+
+    def down(*args: Any) -> list[bool]:
+        raise StoreUnavailable("store is unreachable")
+
+    monkeypatch.setattr(store, "heartbeat", down)
+    heartbeat.beat()
+    monkeypatch.undo()
+    clock.now += 10
+    heartbeat.beat()
+    assert lease_end(store, "a") == clock.now + 30
+
+
+@pytest.mark.parametrize("outcome", ["completed", "released"])
+def test_a_task_letting_go_while_a_renewal_is_in_flight_is_no_alarm(
+    app: Celery, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    outcome: str,
+) -> None:
+    """The heartbeat takes its list of leases, then renews outside its lock: the task
+    completes (or releases) the key in between, and the renewal finds it gone.  Made
+    deterministic: the renewal reaches the store only once the task let go of the key."""
+    rt = runtime(app)
+    store = rt.store
+    real_heartbeat = store.heartbeat
+    in_flight = threading.Event()
+    beats: list[threading.Thread] = []
+
+    def let_go() -> bool:
+        state = store.get_key("job:1")
+        return state is None or state.state != "running"
+
+    def renewal_in_flight(leases: Any, seconds: float) -> list[bool]:
+        in_flight.set()
+        wait_for(let_go, 10, "the task to let go of its key")
+        return real_heartbeat(leases, seconds)
+
+    monkeypatch.setattr(store, "heartbeat", renewal_in_flight)
+
+    @app.task(base=ReliableTask, bind=True, idempotency_key="job:{n}", shared=False)
+    def job(self: ReliableTask, n: int) -> int:
+        beats.append(threading.Thread(target=rt.heartbeat.beat))
+        beats[0].start()
+        assert in_flight.wait(10), "the heartbeat did not start renewing"
+        if outcome == "released":
+            raise PermanentError("bad input: the key is released, the task dead-lettered")
+        return n
+
+    with caplog.at_level(logging.WARNING, logger="celery_reliable"):
+        job.apply((1,))
+        beats[0].join(10)
+    assert not beats[0].is_alive()
+    assert "lost its lease" not in caplog.text
+    assert rt.counters["lease_lost"] == 0
+    assert rt.heartbeat._leases == {}
+    state = store.get_key("job:1")
+    assert (state is not None and state.state == "done") if outcome == "completed" else (
+        state is None
+    )
+
