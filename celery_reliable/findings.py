@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 Severity = Literal["error", "warning"]
 
-#: Where the docs pages are published (``docs/<page>.md`` -> ``<DOCS_URL><page>/``).
-DOCS_URL = "https://celery-reliable.readthedocs.io/en/latest/"
+#: Where a finding's page is: the project's ``docs/`` folder (the docs are not published
+#: on a site yet; ``mkdocs build`` renders them).
+DOCS_URL = "docs/"
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,7 @@ class Finding:
 
     @property
     def docs_url(self) -> str:
-        page, _, section = self.docs.partition("#")
-        return f"{DOCS_URL}{page.removesuffix('.md')}/" + (f"#{section}" if section else "")
+        return f"{DOCS_URL}{self.docs}"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "docs": self.docs_url}
