@@ -29,12 +29,12 @@ from celery import Celery, bootsteps
 from kombu import serialization
 
 from celery_reliable.dlq import routing
+from celery_reliable.dlq.dead_letter import DeadLetterCause, dead_letter
 from celery_reliable.dlq.message import body_text
 from celery_reliable.dlq.publisher import DeadLetterPublishError
-from celery_reliable.errors import ReliableError
 from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.records import serializer_of
-from celery_reliable.runtime import runtime
+from celery_reliable.states import State
 from celery_reliable.stores.model import TaskRecord
 
 logger = logging.getLogger("celery_reliable.dlq")
@@ -93,19 +93,13 @@ def dead_letter_message(
                                  queue=str(delivery.get("routing_key") or "") or None)
     error = f"{type(exc).__name__}: {exc}"[:2000]
     try:
-        routing.dead_letter(app, record, record.key, reason, error, failure,
-                            delivery_info=delivery)
+        dead_letter(app, DeadLetterCause(record, reason, error, failure, exc=exc,
+                                    before=(State.RECEIVED,), worker=hostname,
+                                    delivery_info=delivery))
     except DeadLetterPublishError as err:
         logger.error("a %s message could not be dead-lettered (%s); requeued", reason, err)
         message.reject(requeue=True)
         return False
-    except ReliableError as err:  # published, not indexed: reconcile indexes it
-        runtime(app).count("store_error")
-        logger.error("a %s message was published to the DLQ queue but not indexed: %s",
-                     reason, err)
-    runtime(app).count(f"dead_lettered_{reason}")
-    logger.warning("dead-lettered a %s message %s[%s]: %s", reason, record.name,
-                   record.task_id, error)
     return True
 
 

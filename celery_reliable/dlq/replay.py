@@ -30,10 +30,10 @@ from kombu import serialization
 from celery_reliable import records
 from celery_reliable.dlq import routing
 from celery_reliable.dlq.corrections import Correction
-from celery_reliable.dlq.events import send_task_event
 from celery_reliable.dlq.message import UNREADABLE_REASONS
 from celery_reliable.dlq.model import ReplayResult
 from celery_reliable.errors import ReliableError
+from celery_reliable.events import TaskEvent, emit
 from celery_reliable.headers import HEADER_DEFERS, HEADER_FINGERPRINT
 from celery_reliable.runtime import runtime
 from celery_reliable.states import TERMINAL, State, Transition, recorder, state_store
@@ -179,9 +179,9 @@ class Replaying:
         headers = options.pop("headers")
         self.app.send_task(r.name, args, kwargs, task_id=r.task_id, headers=headers,
                            retries=0, add_to_parent=False, producer=producer, **options)
-        send_task_event(self.app, "replayed", r.task_id, idempotency_key=r.key,
-                        replay=letter.replays + 1, to_queue=self.to_queue,
-                        **self._changed(letter.task_id))
+        emit(self.app, TaskEvent.REPLAYED, r.task_id, count=runtime(self.app).count,
+             idempotency_key=r.key, replay=letter.replays + 1, to_queue=self.to_queue,
+             **self._changed(letter.task_id))
 
     def _record_replayed(self, letters: list[DeadLetter]) -> None:
         """Write REPLAYED before publishing: the worker's RECEIVED must find it there

@@ -24,6 +24,7 @@ from celery_reliable.errors import (
     TaskInFlight,
     TaskLostTooOften,
 )
+from celery_reliable.events import TaskEvent, emit
 from celery_reliable.headers import HEADER_DEFERS, HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.records import encode
 from celery_reliable.settings import Settings
@@ -32,9 +33,6 @@ from celery_reliable.stores.model import Claim, ClaimStatus
 from celery_reliable.task.base import TaskBase
 
 logger = logging.getLogger("celery_reliable")
-
-#: states Celery has no event for; sent as ``task-<state>`` custom events
-EVENT_STATES = frozenset({State.DEDUPLICATED, State.DEFERRED, State.DEAD_LETTERED})
 
 
 class Outcomes(TaskBase):
@@ -46,46 +44,35 @@ class Outcomes(TaskBase):
     ) -> None:
         """Keep the task as a dead letter; ``started``: its body ran (and failed).
 
-        The dead letter is published to the DLQ queue and indexed before Celery
-        acknowledges this message (:mod:`celery_reliable.dlq.routing`).  When the
-        DLQ queue does not take it, the message is requeued (``Reject``) instead
-        of acknowledged: the failure is never acknowledged unrecorded.
+        Through the one dead-letter path (:mod:`celery_reliable.dlq.dead_letter`),
+        before Celery acknowledges this message.  When the DLQ queue does not take
+        it, the message is requeued (``Reject``) instead of acknowledged: the
+        failure is never acknowledged unrecorded.
         """
         from celery_reliable.dlq import routing
+        from celery_reliable.dlq.dead_letter import DeadLetterCause, dead_letter
         from celery_reliable.dlq.publisher import DeadLetterPublishError
 
         request = self.request
-        error = f"{type(exc).__name__}: {exc}" if exc is not None else None
+        attempt = (request.retries or 0) + 1
         record = self._dead_record(key)
         failure = routing.failure_of(
-            exc, attempts=(request.retries or 0) + 1,
+            exc, attempts=attempt,
             worker=routing.EAGER if request.is_eager else request.hostname,
             queue=routing.queue_of(self._get_app(), record, request.delivery_info),
         )
+        letter = DeadLetterCause(
+            record, reason, f"{type(exc).__name__}: {exc}" if exc is not None else None,
+            failure, exc=exc, started=started, before=() if started else (State.RECEIVED,),
+            attempt=attempt, worker=request.hostname, delivery_info=request.delivery_info,
+            require_publish=not request.is_eager, task=self,
+        )
         try:
-            routing.dead_letter(
-                self._get_app(), record, key, reason, error, failure,
-                delivery_info=request.delivery_info, require_publish=not request.is_eager,
-            )
+            dead_letter(self._get_app(), letter)
         except DeadLetterPublishError as err:
             logger.error("%s[%s] not dead-lettered: %s; the message is requeued",
                          self.name, request.id, err)
             raise Reject(err, requeue=True) from err
-        except StoreError as err:
-            self.reliable.count("store_error")
-            logger.error(
-                "%s[%s]: published to the DLQ queue, but the store could not index it (%s); "
-                "the lease lapses and the rescuer takes it from there", self.name, request.id,
-                err,
-            )
-        if started:
-            self._record(key, State.FAILED, error=exc)
-        else:
-            self._record(key, State.RECEIVED)
-        self._record(key, State.DEAD_LETTERED, error=None if started else exc,
-                     detail={"reason": reason, "error": error})
-        logger.warning("%s[%s] dead-lettered (%s): %s", self.name, request.id, reason, error)
-        self.reliable.count(f"dead_lettered_{reason}")
 
     def _dead_record(self, key: str) -> Any:
         """The task's record as persisted at publish (its routing options), else built
@@ -268,28 +255,17 @@ class Outcomes(TaskBase):
             attempt=(request.retries or 0) + 1, worker=request.hostname, error=error,
             detail=detail, at=at,
         )
-        if EVENT_STATES.isdisjoint(states) or request.is_eager:
+        if request.is_eager:
             return
-        if app.conf.worker_send_task_events:
-            for i, state in enumerate(states):
-                if state in EVENT_STATES:
-                    final = i == len(states) - 1
-                    self._send_state_event(
-                        state, key, error if final else None, detail if final else None)
-
-    def _send_state_event(
-        self, state: State, key: str, error: BaseException | None,
-        detail: Mapping[str, Any] | None,
-    ) -> None:
-        fields: dict[str, Any] = {"idempotency_key": key, **(detail or {})}
-        if error is not None:
-            fields["exception"] = f"{type(error).__name__}: {error}"
-        try:
-            self.send_event(f"task-{state.value.lower()}", **fields)
-        except Exception as exc:  # noqa: BLE001 - an event must never fail the task
-            self.reliable.count("event_error")
-            logger.warning("%s[%s]: could not send the %s event: %s",
-                           self.name, self.request.id, state.value, exc)
+        for i, state in enumerate(states):
+            event = TaskEvent.of_state(state.value)
+            if event is not None:
+                final = i == len(states) - 1
+                fields: dict[str, Any] = {"idempotency_key": key,
+                                          **((detail or {}) if final else {})}
+                if final and error is not None:
+                    fields["exception"] = f"{type(error).__name__}: {error}"
+                emit(app, event, request.id, count=self.reliable.count, task=self, **fields)
 
     def _quietly(self, what: str, call: Callable[[], Any]) -> None:
         """Store writes after the outcome is decided: a failure is logged and counted."""

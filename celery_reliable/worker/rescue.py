@@ -17,7 +17,7 @@ never a scan) and, for each:
 * a record that cannot be decoded is dead-lettered with reason
   ``undecodable``, never republished in a loop.
 
-Dead letters go through :mod:`celery_reliable.dlq.routing` (DLQ queue, then
+Dead letters go through :mod:`celery_reliable.dlq.dead_letter` (DLQ queue, then
 index); republishes and dead letters send ``task-rescued``, ``task-expired`` and
 ``task-dead_lettered`` events when task events are on.
 
@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING
 from celery_reliable import records
 from celery_reliable.dlq import routing
 from celery_reliable.dlq.api import DeadLetters
-from celery_reliable.dlq.events import send_task_event
+from celery_reliable.dlq.dead_letter import DeadLetterCause, dead_letter
 from celery_reliable.dlq.publisher import DeadLetterPublishError
 from celery_reliable.errors import StoreError
+from celery_reliable.events import TaskEvent, emit
 from celery_reliable.states import State, prune_expired, recorder
 from celery_reliable.stores.model import Failure, SweepPolicy, TaskRecord
 
@@ -253,8 +254,8 @@ class Rescuer:
             detail={"why": "worker_died" if record.state == "running" else "never_received",
                     "rescue": record.rescues + 1}, at=rescued_at,
         )
-        send_task_event(self.runtime.app, "rescued", record.task_id, idempotency_key=record.key,
-                        why=why, rescue=record.rescues + 1)
+        emit(self.runtime.app, TaskEvent.RESCUED, record.task_id, count=self.runtime.count,
+             idempotency_key=record.key, why=why, rescue=record.rescues + 1)
         self.runtime.count("rescued")
         logger.warning(
             "rescued %s[%s] (key %r): %s; republished (rescue %d)",
@@ -268,18 +269,8 @@ class Rescuer:
         failure = Failure(attempts=record.rescues + 1,
                           queue=routing.queue_of(app, record, None))
         try:
-            queue = routing.dead_letter(app, record, record.key, reason, error, failure)
+            dead_letter(app, DeadLetterCause(record, reason, error, failure,
+                                        before=(State.EXPIRED,) if reason == "expired" else ()))
         except DeadLetterPublishError as exc:
             logger.error("could not dead-letter %s[%s] (%s): %s; trying again later",
                          record.name, record.task_id, reason, exc)
-            return
-        rec = recorder(app)
-        if reason == "expired":
-            rec.transition(record.task_id, record.name, record.key, State.EXPIRED)
-            send_task_event(app, "expired", record.task_id, idempotency_key=record.key)
-        rec.transition(record.task_id, record.name, record.key, State.DEAD_LETTERED,
-                       detail={"reason": reason, "error": error})
-        send_task_event(app, "dead_lettered", record.task_id, idempotency_key=record.key,
-                        reason=reason, error=error, dlq_queue=queue)
-        self.runtime.count(f"dead_lettered_{reason}")
-        logger.error("dead-lettered %s[%s]: %s", record.name, record.task_id, error)

@@ -18,12 +18,12 @@ from typing import Any
 from celery.signals import task_received, task_revoked, worker_process_shutdown
 
 from celery_reliable.dlq import routing
-from celery_reliable.dlq.events import send_task_event
+from celery_reliable.dlq.dead_letter import DeadLetterCause, dead_letter
 from celery_reliable.errors import ReliableError, StoreError
 from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
 from celery_reliable.identity import is_reliable
 from celery_reliable.records import encode
-from celery_reliable.states import State, flush_all, recorder
+from celery_reliable.states import State, flush_all
 from celery_reliable.stores.model import Failure, TaskRecord
 from celery_reliable.worker.claim_ahead import on_task_received
 
@@ -45,35 +45,26 @@ def on_task_revoked(
     detail = f"expired at {request.expires}" if expired else (
         f"revoked{' and terminated' if terminated else ''} by an operator"
     )
-    rt = sender.reliable
     app = sender._get_app()
     attempt = (request.retries or 0) + 1
     try:
         record = _record_of(sender, request, key)
-        failure = Failure(attempts=attempt, worker=request.hostname,
-                          queue=routing.queue_of(app, record, request.delivery_info))
-        # Celery acknowledges a revoked message whatever we do: index it even when the
-        # DLQ queue does not take it (reconcile publishes it later).
-        queue = routing.dead_letter(app, record, key, reason, detail, failure,
-                                    delivery_info=request.delivery_info, require_publish=False)
     except StoreError as exc:
-        rt.count("store_error")
+        sender.reliable.count("store_error")
         logger.error(
             "%s[%s] %s, but the store could not record it (%s): the rescuer will find it",
             sender.name, request.id, reason, exc,
         )
         return
-    recorder(app).transitions(
-        request.id, sender.name, key,
-        (State.EXPIRED if expired else State.REVOKED, State.DEAD_LETTERED),
-        attempt=attempt, worker=request.hostname, detail={"reason": reason},
-    )
-    if expired:
-        send_task_event(app, "expired", request.id, idempotency_key=key)
-    send_task_event(app, "dead_lettered", request.id, idempotency_key=key, reason=reason,
-                    error=detail, dlq_queue=queue)
-    rt.count(f"dead_lettered_{reason}")
-    logger.warning("%s[%s] dead-lettered (%s): %s", sender.name, request.id, reason, detail)
+    failure = Failure(attempts=attempt, worker=request.hostname,
+                      queue=routing.queue_of(app, record, request.delivery_info))
+    # Celery acknowledges a revoked message whatever we do: index it even when the DLQ
+    # queue does not take it (reconcile publishes it later).
+    dead_letter(app, DeadLetterCause(
+        record, reason, detail, failure,
+        before=(State.EXPIRED if expired else State.REVOKED,), attempt=attempt,
+        worker=request.hostname, delivery_info=request.delivery_info, require_publish=False,
+    ))
 
 
 def _record_of(task: Any, request: Any, key: str) -> TaskRecord:

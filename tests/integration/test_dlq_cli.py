@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from celery_reliable import records
-from celery_reliable.dlq import routing
+from celery_reliable.dlq.dead_letter import DeadLetterCause, dead_letter
 from celery_reliable.stores.model import Failure
 from tests.harness import ROOT
 from tests.shopfixture import Shop
@@ -33,10 +33,9 @@ def seed(shop: Shop, order_id: int) -> str:
         shop.app, name="shop.charge", task_id=task_id, key=f"charge:{order_id}",
         fingerprint="0" * 16, args=[order_id], kwargs={}, options={},
     )
-    routing.dead_letter(shop.app, record, record.key, "attempts_exhausted",
-                        "ConnectionError: the gateway is down",
-                        Failure("ConnectionError", "Traceback ...", 2, "w1",
-                                shop.env["TEST_QUEUE"]))
+    dead_letter(shop.app, DeadLetterCause(
+        record, "attempts_exhausted", "ConnectionError: the gateway is down",
+        Failure("ConnectionError", "Traceback ...", 2, "w1", shop.env["TEST_QUEUE"])))
     return task_id
 
 

@@ -1,4 +1,5 @@
-"""Custom task events sent from outside a task: only with task events on, never raising."""
+"""Custom task events (celery_reliable/events.py ``emit``) sent from outside a task: only
+with task events on, never raising."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from celery import Celery
 
 from celery_reliable import PermanentError, ReliableTask
 from celery_reliable.dlq.api import DeadLetters
-from celery_reliable.dlq.events import send_task_event
+from celery_reliable.events import TaskEvent, emit
 from celery_reliable.runtime import runtime
 
 
@@ -40,16 +41,17 @@ def listen(app: Celery, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> 
 
 def test_only_when_task_events_are_on(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
     dispatcher = listen(app, monkeypatch)
-    assert not send_task_event(app, "rescued", "t1")
+    count = runtime(app).count
+    assert not emit(app, TaskEvent.RESCUED, "t1", count=count)
     app.conf.worker_send_task_events = True
-    assert send_task_event(app, "rescued", "t1", why="worker_died")
+    assert emit(app, TaskEvent.RESCUED, "t1", count=count, why="worker_died")
     assert dispatcher.sent == [("task-rescued", {"uuid": "t1", "why": "worker_died"})]
 
 
 def test_a_failure_is_counted_not_raised(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
     listen(app, monkeypatch, fail=True)
     app.conf.worker_send_task_events = True
-    assert not send_task_event(app, "replayed", "t1")
+    assert not emit(app, TaskEvent.REPLAYED, "t1", count=runtime(app).count)
     assert runtime(app).counters["event_error"] == 1
 
 
