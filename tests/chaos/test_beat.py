@@ -56,7 +56,7 @@ def test_beat_killed_and_restarted_inside_a_slot_does_not_run_it_twice(
 ) -> None:
     """Killed before it saved the schedule, the restarted beat sends the slot again (its
     file says the entry has not run): the key answers that publish with the first."""
-    shop = make_shop("redis", "redis", TEST_BEAT="interval:8")
+    shop = make_shop("redis", "redis", TEST_BEAT="interval:12")
     schedule_file, log = shop.log_dir / "killed.schedule", shop.log_dir / "killed.log"
     with shop.worker():
         beat = Beat(shop.env, log, schedule_file=schedule_file).start()
