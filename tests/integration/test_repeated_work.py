@@ -77,3 +77,22 @@ def test_a_replayed_per_publish_task_runs_once_however_often_it_is_replayed(
         wait_for(lambda: shop.store.pending_count() == 0, 30, "the second copy to settle")
     assert shop.counter.get("effect", 21) == 1
     assert shop.counter.get("start", 21) == 2  # the failure, then the one replayed run
+
+
+def test_a_task_sent_by_name_is_keyed_by_its_publish(make_shop: Callable[..., Shop]) -> None:
+    """``send_task`` carries none of our headers: the worker keys the call by its task id,
+    as the producer would have."""
+    from celery_reliable.states import State, queries
+
+    shop = make_shop("redis")
+    with shop.worker():
+        first = shop.app.send_task("shop.refresh", (9,), queue=shop.env["TEST_QUEUE"])
+        assert first.get(timeout=30) == 1
+        second = shop.app.send_task("shop.refresh", (9,), queue=shop.env["TEST_QUEUE"])
+        assert second.get(timeout=30) == 2  # a second publish runs again
+        again = shop.app.send_task("shop.refresh", (9,), task_id=first.id,
+                                   queue=shop.env["TEST_QUEUE"])
+        assert again.get(timeout=30) == 1  # a copy of the first publish: skipped
+    assert shop.counter.get("effect", 9) == 2
+    wait_for(lambda: State.SUCCEEDED in {t.state for t in queries.timeline(
+        shop.app, key=first.id)}, 15, "the timeline under the task id")
