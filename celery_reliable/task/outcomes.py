@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
@@ -137,24 +137,24 @@ class Outcomes(TaskBase):
         if claim.status is ClaimStatus.SUPERSEDED:
             # This task was published again with corrected arguments (a replay) after
             # this copy was: the newer message is the task, this one is stale.
-            self.reliable.count("superseded_copy_absorbed")
-            logger.warning(
-                "%s[%s] not run: this copy has the arguments the task had before it was "
-                "replayed with corrected ones (a stale copy, absorbed)", self.name, request.id,
-            )
-            raise Ignore()
+            self._absorb("superseded_copy_absorbed", logging.WARNING,
+                         "this copy has the arguments the task had before it was replayed "
+                         "with corrected ones")
         if claim.status is ClaimStatus.DEAD_LETTERED:
             # Its final failure is in the dead letters; a copy still around (a
             # redelivery, an earlier rescue) must not run it again behind the
             # operator's back.  Ignore: acknowledged, and the FAILURE it left in
             # the result backend stays.
-            self.reliable.count("dead_letter_copy_absorbed")
-            logger.info(
-                "%s[%s] not run: it is dead-lettered and was not replayed (a stale copy, "
-                "absorbed)", self.name, request.id,
-            )
-            raise Ignore()
+            self._absorb("dead_letter_copy_absorbed", logging.INFO,
+                         "it is dead-lettered and was not replayed")
         return self._busy(claim, key, settings)
+
+    def _absorb(self, counter: str, level: int, why: str) -> NoReturn:
+        """Acknowledge a stale copy without running it (``Ignore``): counted and logged."""
+        self.reliable.count(counter)
+        logger.log(level, "%s[%s] not run: %s (a stale copy, absorbed)", self.name,
+                   self.request.id, why)
+        raise Ignore()
 
     def _busy(self, claim: Claim, key: str, settings: Settings) -> Any:
         request = self.request
