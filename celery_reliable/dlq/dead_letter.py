@@ -50,8 +50,10 @@ from celery import Celery
 from celery_reliable.dlq.message import DeadLetterMessage, build
 from celery_reliable.dlq.publisher import DeadLetterPublishError, publisher
 from celery_reliable.dlq.routing import EAGER, announce, publishes, settings_for
-from celery_reliable.errors import StoreError
+from celery_reliable.errors import ReliableError, StoreError
 from celery_reliable.events import TaskEvent, emit
+from celery_reliable.headers import HEADER_FINGERPRINT
+from celery_reliable.records import encode
 from celery_reliable.runtime import runtime
 from celery_reliable.states import State, recorder
 from celery_reliable.stores.model import Failure, TaskRecord
@@ -88,6 +90,24 @@ class DeadLetterCause:
     require_publish: bool = True
     #: the Celery task whose request this is: its events go through its dispatcher
     task: Any = None
+
+
+def record_from_request(task: Any, request: Any, key: str) -> TaskRecord:
+    """The record to keep when none was persisted at publish (persist off): the call
+    rebuilt from the task's request; who and why only, when its arguments cannot be
+    serialized."""
+    headers = getattr(request, "headers", None) or {}
+    try:
+        record, _ = encode(
+            task._get_app(), name=task.name, task_id=request.id, key=key,
+            fingerprint=headers.get(HEADER_FINGERPRINT, ""),
+            args=getattr(request, "args", ()) or (),
+            kwargs=getattr(request, "kwargs", {}) or {}, options={"headers": headers},
+            serializer=task.serializer,
+        )
+    except ReliableError:
+        return TaskRecord(request.id, task.name, key, "", "", "", "", "{}")
+    return record
 
 
 def dead_letter(app: Celery, letter: DeadLetterCause) -> str | None:
@@ -190,4 +210,4 @@ def _send_events(app: Celery, letter: DeadLetterCause, queue: str | None) -> Non
          **fields)
 
 
-__all__ = ["DeadLetterCause", "dead_letter"]
+__all__ = ["DeadLetterCause", "dead_letter", "record_from_request"]

@@ -19,14 +19,12 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery_reliable import keys
 from celery_reliable.errors import (
     IdempotencyKeyConflict,
-    ReliableError,
     StoreError,
     TaskInFlight,
     TaskLostTooOften,
 )
 from celery_reliable.events import TaskEvent, emit
-from celery_reliable.headers import HEADER_DEFERS, HEADER_FINGERPRINT, HEADER_KEY
-from celery_reliable.records import encode
+from celery_reliable.headers import HEADER_DEFERS, HEADER_KEY
 from celery_reliable.settings import Settings
 from celery_reliable.states import State, recorder
 from celery_reliable.stores.model import Claim, ClaimStatus
@@ -83,24 +81,9 @@ class Outcomes(TaskBase):
             stored = None
         if stored is not None and stored.name:
             return stored
-        return self._fallback_record(key)
+        from celery_reliable.dlq.dead_letter import record_from_request
 
-    def _fallback_record(self, key: str) -> Any:
-        """The record to keep when none was persisted at publish (persist off)."""
-        from celery_reliable.stores.model import TaskRecord
-
-        request = self.request
-        try:
-            record, _ = encode(
-                self._get_app(), name=self.name, task_id=request.id, key=key,
-                fingerprint=(request.headers or {}).get(HEADER_FINGERPRINT, ""),
-                args=request.args or (), kwargs=request.kwargs or {},
-                options={"headers": request.headers or {}}, serializer=self.serializer,
-            )
-        except ReliableError:
-            # Arguments that cannot be serialized: keep who and why, without the call.
-            return TaskRecord(request.id, self.name, key, "", "", "", "", "{}")
-        return record
+        return record_from_request(self, self.request, key)
 
     def _not_claimed(self, claim: Claim, key: str, settings: Settings) -> Any:
         request = self.request

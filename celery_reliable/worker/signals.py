@@ -18,11 +18,10 @@ from typing import Any
 from celery.signals import task_received, task_revoked, worker_process_shutdown
 
 from celery_reliable.dlq import routing
-from celery_reliable.dlq.dead_letter import DeadLetterCause, dead_letter
-from celery_reliable.errors import ReliableError, StoreError
-from celery_reliable.headers import HEADER_FINGERPRINT, HEADER_KEY
+from celery_reliable.dlq.dead_letter import DeadLetterCause, dead_letter, record_from_request
+from celery_reliable.errors import StoreError
+from celery_reliable.headers import HEADER_KEY
 from celery_reliable.identity import is_reliable
-from celery_reliable.records import encode
 from celery_reliable.states import State, flush_all
 from celery_reliable.stores.model import Failure, TaskRecord
 from celery_reliable.worker.claim_ahead import on_task_received
@@ -72,18 +71,7 @@ def _record_of(task: Any, request: Any, key: str) -> TaskRecord:
     stored: TaskRecord | None = task.reliable.store.get_record(request.id, key)
     if stored is not None and stored.name:
         return stored
-    headers = getattr(request, "headers", None) or {}
-    try:
-        record, _ = encode(
-            task._get_app(), name=task.name, task_id=request.id, key=key,
-            fingerprint=headers.get(HEADER_FINGERPRINT, ""),
-            args=getattr(request, "args", ()) or (),
-            kwargs=getattr(request, "kwargs", {}) or {}, options={"headers": headers},
-            serializer=task.serializer,
-        )
-    except ReliableError:
-        return TaskRecord(request.id, task.name, key, "", "", "", "", "{}")
-    return record
+    return record_from_request(task, request, key)
 
 
 def connect() -> None:
