@@ -40,10 +40,11 @@ class TaskEvent(str, enum.Enum):
     def of_state(cls, state: str) -> TaskEvent | None:
         """The event of a lifecycle state's name (``"DEAD_LETTERED"``), None when
         Celery has its own (``FAILED``, ``REVOKED``, ...) or nothing is sent."""
-        try:
-            return cls(f"task-{state.lower()}")
-        except ValueError:
-            return None
+        return _BY_STATE.get(state)
+
+
+#: a state's name -> its event; a dict lookup, as every recorded transition asks
+_BY_STATE: dict[str, TaskEvent] = {e.value.removeprefix("task-").upper(): e for e in TaskEvent}
 
 
 def emit(

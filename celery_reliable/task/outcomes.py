@@ -238,7 +238,7 @@ class Outcomes(TaskBase):
             attempt=(request.retries or 0) + 1, worker=request.hostname, error=error,
             detail=detail, at=at,
         )
-        if request.is_eager:
+        if request.is_eager or not app.conf.worker_send_task_events:
             return
         for i, state in enumerate(states):
             event = TaskEvent.of_state(state.value)
