@@ -41,7 +41,8 @@ mailer = Mailer()
 
 
 @app.task(base=ReliableTask, idempotency_key="receipt:{order_id}",
-          retry_on=(ConnectionError,), max_attempts=4)
+          retry_on=(ConnectionError,), max_attempts=4,
+          shared=False)  # registered in this app only, not in every app the suite makes
 def send_receipt(order_id: int) -> str:
     mailer.send(order_id)
     return f"receipt {order_id} sent"
